@@ -1,0 +1,91 @@
+//! The vote log in MongoDB: one document per vote, `_id` = `vote_id`.
+//!
+//! Invariant: a vote is logged at most once. Inserting a vote that is already there fails on the
+//! `_id` index with a duplicate-key error, which is the expected outcome of a redelivery and is
+//! treated as success; any other error fails the batch, which is then retried whole.
+
+use bandvote_domain::{MongoNames, VoteEvent};
+use mongodb::{
+    Client, Collection, IndexModel,
+    bson::{DateTime, Document, doc},
+    error::{ErrorKind, InsertManyError},
+    options::IndexOptions,
+};
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// A vote with where it was read from Kafka.
+#[derive(Debug, Clone)]
+pub struct LoggedVote {
+    pub event: VoteEvent,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    client: Client,
+    votes: Collection<Document>,
+}
+
+impl LogStore {
+    pub async fn connect(uri: &str, names: &MongoNames) -> mongodb::error::Result<Self> {
+        let client = Client::with_uri_str(uri).await?;
+        let votes = client.database(&names.database).collection(&names.collection);
+        Ok(LogStore { client, votes })
+    }
+
+    /// Creates the indexes for "newest first" and the filters (a no-op when they exist).
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        let models = MongoNames::INDEXES.iter().map(|(name, keys)| {
+            let keys: Document = keys.iter().map(|(field, order)| ((*field).to_owned(), (*order).into())).collect();
+            IndexModel::builder().keys(keys).options(IndexOptions::builder().name((*name).to_owned()).build()).build()
+        });
+        self.votes.create_indexes(models).await.map(drop)
+    }
+
+    /// Inserts a batch; returns how many votes were new.
+    pub async fn insert(&self, votes: &[LoggedVote]) -> mongodb::error::Result<u64> {
+        if votes.is_empty() {
+            return Ok(0);
+        }
+        let logged_at = DateTime::now();
+        let documents = votes.iter().map(|vote| document(vote, logged_at));
+        match self.votes.insert_many(documents).ordered(false).await {
+            Ok(result) => Ok(result.inserted_ids.len() as u64),
+            Err(err) => match err.kind.as_ref() {
+                ErrorKind::InsertMany(InsertManyError { write_errors: Some(errors), write_concern_error: None, .. })
+                    if errors.iter().all(|e| e.code == DUPLICATE_KEY) =>
+                {
+                    Ok((votes.len() - errors.len()) as u64)
+                }
+                _ => Err(err),
+            },
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), String> {
+        self.client.database("admin").run_command(doc! {"ping": 1}).await.map(drop).map_err(|e| format!("mongodb: {e}"))
+    }
+}
+
+fn document(vote: &LoggedVote, logged_at: DateTime) -> Document {
+    let event = &vote.event;
+    let ballot = &event.ballot;
+    let mut document = doc! {
+        "_id": event.vote_id.as_str(),
+        "name": &ballot.band,
+        "album": &ballot.album,
+        "year": ballot.year.get(),
+        "rank": ballot.rank.get(),
+        "route": event.route.as_str(),
+        "received_at": DateTime::from_millis(event.received_at_ms),
+        "kafka": { "partition": vote.partition, "offset": vote.offset },
+        "logged_at": logged_at,
+    };
+    if let Some(voter_id) = &ballot.voter_id {
+        document.insert("voter_id", voter_id);
+    }
+    document
+}

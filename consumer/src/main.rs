@@ -1,0 +1,8 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = bandvote_consumer::Config::parse();
+    bandvote_ops::telemetry::init_logs(&config.telemetry);
+    bandvote_consumer::run(config, bandvote_ops::shutdown::on_signal()).await
+}

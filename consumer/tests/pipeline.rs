@@ -1,0 +1,307 @@
+//! The whole pipeline against the real local services: ingest (in-process) → Kafka → consumer (in
+//! process, or as separate processes that get killed and scaled) → Redis tallies + MongoDB log.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use bandvote_proto::{
+    confproto::{RequestId, get_info_client::GetInfoClient},
+    v1::{Vote, votes_client::VotesClient},
+};
+use bandvote_testkit::{Services, Tallies, VoteLog, read_tallies, unique, vote, wait_for};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// One test's isolated pipeline: its own topic, group, Redis prefix and MongoDB database, with
+/// ingest running in this process.
+struct Pipeline {
+    services: Services,
+    topic: String,
+    group: String,
+    prefix: String,
+    database: String,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    stop: CancellationToken,
+    http_client: reqwest::Client,
+}
+
+impl Pipeline {
+    async fn start(name: &str) -> Self {
+        let services = Services::local();
+        let id = unique(name);
+        let topic = format!("votes-{id}");
+        let config = bandvote_ingest::Config::parse_from([
+            "bandvote-ingest",
+            "--port=0",
+            "--grpc-port=0",
+            "--kafka-brokers",
+            &services.kafka_brokers,
+            "--kafka-topic",
+            &topic,
+        ]);
+        let ingest = bandvote_ingest::Ingest::build(config).await.expect("ingest starts");
+        let (http, grpc) = (ingest.http_addr(), ingest.grpc_addr().expect("the gRPC route is served"));
+        let stop = CancellationToken::new();
+        tokio::spawn(ingest.run_until_stopped(stop.clone()));
+        Pipeline {
+            services,
+            group: format!("group-{id}"),
+            prefix: format!("test-{id}"),
+            database: format!("t{}", id.replace('-', "_")),
+            topic,
+            http,
+            grpc,
+            stop,
+            http_client: reqwest::Client::new(),
+        }
+    }
+
+    /// The consumer's arguments for this pipeline.
+    fn consumer_args(&self) -> Vec<String> {
+        [
+            "--port=0",
+            "--kafka-session-timeout=6s",
+            &format!("--kafka-brokers={}", self.services.kafka_brokers),
+            &format!("--kafka-topic={}", self.topic),
+            &format!("--kafka-group={}", self.group),
+            &format!("--redis-url={}", self.services.redis_url),
+            &format!("--redis-key-prefix={}", self.prefix),
+            &format!("--mongodb-uri={}", self.services.mongodb_uri),
+            &format!("--mongodb-database={}", self.database),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Runs a consumer in this process until the returned token is cancelled.
+    async fn consume_in_process(&self) -> CancellationToken {
+        let args = std::iter::once("bandvote-consumer".to_owned()).chain(self.consumer_args());
+        let config = bandvote_consumer::Config::parse_from(args);
+        let service = bandvote_consumer::ConsumerService::build(config).await.expect("consumer starts");
+        let stop = CancellationToken::new();
+        tokio::spawn(service.run_until_stopped(stop.clone()));
+        stop
+    }
+
+    /// Starts a consumer as a separate process.
+    fn spawn_consumer(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_bandvote-consumer"))
+            .args(self.consumer_args())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the consumer binary starts")
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.http_client.post(format!("http://{}{path}", self.http)).json(body).send().await.expect("ingest answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("every reply is JSON"))
+    }
+
+    async fn votes_client(&self) -> VotesClient<tonic::transport::Channel> {
+        VotesClient::connect(format!("http://{}", self.grpc)).await.expect("gRPC connects")
+    }
+
+    /// Waits until Redis has counted `expected` votes, then returns the tallies.
+    async fn tallies_when_total(&self, expected: u64, within: Duration) -> Tallies {
+        let (url, prefix) = (self.services.redis_url.clone(), self.prefix.clone());
+        wait_for(&format!("{expected} votes counted in Redis"), within, || {
+            let (url, prefix) = (url.clone(), prefix.clone());
+            async move {
+                let tallies = read_tallies(&url, &prefix).await;
+                if tallies.total >= expected { Ok(tallies) } else { Err(format!("{} counted", tallies.total)) }
+            }
+        })
+        .await
+    }
+
+    async fn vote_log(&self) -> VoteLog {
+        VoteLog::open(&self.services.mongodb_uri, &self.database).await
+    }
+
+    /// Waits until MongoDB holds `expected` votes, then returns them by id.
+    async fn logged_when_count(&self, expected: u64, within: Duration) -> BTreeMap<String, mongodb::bson::Document> {
+        let log = self.vote_log().await;
+        wait_for(&format!("{expected} votes logged in MongoDB"), within, || async {
+            let count = log.count().await;
+            if count >= expected { Ok(()) } else { Err(format!("{count} logged")) }
+        })
+        .await;
+        log.all().await
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        self.vote_log().await.drop_database().await;
+        bandvote_testkit::clear_redis(&self.services.redis_url, &self.prefix).await;
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// What the tallies must be for a set of accepted votes.
+#[derive(Debug, Default)]
+struct Expected {
+    ids: BTreeSet<String>,
+    by_band: BTreeMap<String, u64>,
+    by_album: BTreeMap<String, u64>,
+    by_route: BTreeMap<String, u64>,
+}
+
+impl Expected {
+    fn add(&mut self, id: &str, n: usize, route: &str) {
+        assert!(self.ids.insert(id.to_owned()), "ingest gave two votes the id {id}");
+        let (band, album, _, _) = vote(n);
+        *self.by_band.entry(band.to_owned()).or_default() += 1;
+        *self.by_album.entry(format!("{band} / {album}")).or_default() += 1;
+        *self.by_route.entry(route.to_owned()).or_default() += 1;
+    }
+
+    fn total(&self) -> u64 {
+        self.ids.len() as u64
+    }
+
+    fn check(&self, tallies: &Tallies, logged: &BTreeMap<String, mongodb::bson::Document>) {
+        assert_eq!(tallies.total, self.total(), "total counted");
+        assert_eq!(tallies.by_band, self.by_band, "votes per band");
+        assert_eq!(tallies.by_album, self.by_album, "votes per album");
+        assert_eq!(tallies.by_route, self.by_route, "votes per route");
+        assert_eq!(tallies.leaderboard, self.by_band, "leaderboard");
+        assert_eq!(tallies.per_second_sum, self.total(), "votes per second add up to the total");
+        let logged_ids: BTreeSet<String> = logged.keys().cloned().collect();
+        assert_eq!(logged_ids, self.ids, "exactly one MongoDB document per accepted vote");
+    }
+}
+
+fn json_vote(n: usize) -> Value {
+    let (name, album, year, rank) = vote(n);
+    json!({"name": name, "album": album, "year": year, "rank": rank})
+}
+
+fn proto_vote(n: usize) -> Vote {
+    let (name, album, year, rank) = vote(n);
+    Vote { name: name.into(), album: album.into(), year: year.into(), rank: rank.into(), ..Vote::default() }
+}
+
+fn accepted_id(status: u16, reply: &Value) -> String {
+    assert_eq!(status, 200, "vote refused: {reply}");
+    reply["vote_id"].as_str().expect("an accepted vote has its id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_entry_point_counts_exactly_once_in_redis_and_mongodb() {
+    let pipeline = Pipeline::start("entry-points").await;
+    let consumer = pipeline.consume_in_process().await;
+    let mut expected = Expected::default();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+
+    let mut grpc = pipeline.votes_client().await;
+    for _ in 0..5 {
+        let i = next();
+        let reply = grpc.cast(proto_vote(i)).await.expect("gRPC cast accepted");
+        expected.add(&reply.get_ref().vote_id, i, "grpc");
+    }
+    let batch: Vec<usize> = (0..7).map(|_| next()).collect();
+    let reply = grpc.cast_batch(tokio_stream::iter(batch.iter().map(|&i| proto_vote(i)).collect::<Vec<_>>())).await.expect("gRPC batch accepted");
+    assert_eq!(reply.get_ref().accepted, 7);
+    for (&i, id) in batch.iter().zip(&reply.get_ref().vote_ids) {
+        expected.add(id, i, "grpc");
+    }
+    let mut original = GetInfoClient::connect(format!("http://{}", pipeline.grpc)).await.expect("confproto connects");
+    for _ in 0..4 {
+        let i = next();
+        let (name, album, year, rank) = vote(i);
+        let request = RequestId { name: name.into(), album: album.into(), year: year.into(), rank: rank.into() };
+        let info = original.return_info(request).await.expect("confproto accepted").into_inner().info;
+        let id = info.strip_prefix("vote accepted: ").expect("the reply names the vote id");
+        expected.add(id, i, "grpc");
+    }
+    for _ in 0..6 {
+        let i = next();
+        let (status, reply) = pipeline.post("/grpc/insert", &json_vote(i)).await;
+        expected.add(&accepted_id(status, &reply), i, "grpc");
+    }
+    for path in ["/votes", "/rust/send_data", "/insert", "/", "/votes", "/rust/send_data"] {
+        let i = next();
+        let (status, reply) = pipeline.post(path, &json_vote(i)).await;
+        expected.add(&accepted_id(status, &reply), i, "http");
+    }
+    // Numbers for year and rank, as newer clients send them.
+    let i = next();
+    let (name, album, _, _) = vote(i);
+    let (status, reply) = pipeline.post("/votes", &json!({"name": name, "album": album, "year": 1997, "rank": 9.5})).await;
+    expected.add(&accepted_id(status, &reply), i, "http");
+    let batch: Vec<usize> = (0..9).map(|_| next()).collect();
+    let (status, reply) = pipeline.post("/votes/batch", &json!({"votes": batch.iter().map(|&i| json_vote(i)).collect::<Vec<_>>()})).await;
+    assert_eq!(status, 200, "batch refused: {reply}");
+    for (&i, id) in batch.iter().zip(reply["vote_ids"].as_array().expect("batch ids")) {
+        expected.add(id.as_str().expect("id"), i, "http");
+    }
+
+    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(30)).await;
+    let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(30)).await;
+    expected.check(&tallies, &logged);
+    let some = logged.values().next().expect("a document");
+    for field in ["name", "album", "year", "rank", "route", "received_at", "kafka", "logged_at"] {
+        assert!(some.contains_key(field), "the vote document has {field}: {some}");
+    }
+    for (album, average) in &tallies.rank_avg {
+        assert!((0.0..=100.0).contains(average), "average rank of {album} is {average}");
+    }
+    consumer.cancel();
+    pipeline.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_vote_id_counts_once_on_any_route() {
+    let pipeline = Pipeline::start("same-id").await;
+    let consumer = pipeline.consume_in_process().await;
+    let mut grpc = pipeline.votes_client().await;
+    let with_id = |n: usize, id: &str| {
+        let mut vote = json_vote(n);
+        vote["vote_id"] = json!(id);
+        vote
+    };
+    // Twice on the HTTP route, then once more on each other entry point.
+    for path in ["/votes", "/votes", "/rust/send_data", "/grpc/insert"] {
+        let (status, reply) = pipeline.post(path, &with_id(1, "phone-502-1")).await;
+        assert_eq!(accepted_id(status, &reply), "phone-502-1");
+    }
+    let reply = grpc.cast(Vote { vote_id: "phone-502-1".into(), ..proto_vote(1) }).await.expect("accepted");
+    assert_eq!(reply.get_ref().vote_id, "phone-502-1");
+    let (status, reply) = pipeline.post("/votes/batch", &json!([with_id(2, "phone-502-2"), with_id(2, "phone-502-2")])).await;
+    assert_eq!(status, 200, "{reply}");
+    // A vote that was not re-sent, to know when everything before it was consumed.
+    let (status, reply) = pipeline.post("/votes", &with_id(3, "phone-502-3")).await;
+    accepted_id(status, &reply);
+
+    let mut expected = Expected::default();
+    for (id, n) in [("phone-502-1", 1), ("phone-502-2", 2)] {
+        expected.add(id, n, "http");
+    }
+    expected.add("phone-502-3", 3, "http");
+    let logged = pipeline.logged_when_count(3, Duration::from_secs(30)).await;
+    let tallies = pipeline.tallies_when_total(3, Duration::from_secs(30)).await;
+    // Give any late duplicate the time to show up before checking that none did.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tallies_after = read_tallies(&pipeline.services.redis_url, &pipeline.prefix).await;
+    assert_eq!(tallies, tallies_after);
+    expected.check(&tallies, &logged);
+    consumer.cancel();
+    pipeline.finish().await;
+}

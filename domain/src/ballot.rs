@@ -1,0 +1,403 @@
+//! Parsing untrusted vote input into a [`Ballot`].
+//!
+//! The original clients send four strings, `{"name", "album", "year", "rank"}`; `year` and `rank`
+//! may also be JSON numbers and `rank` may be decimal. `vote_id` (the client's idempotency key) and
+//! `voter_id` are optional. Every problem is reported with the field it belongs to.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest band or album name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Longest `vote_id` or `voter_id`, in characters.
+pub const MAX_ID_CHARS: usize = 64;
+/// Oldest and newest release year accepted.
+pub const YEARS: std::ops::RangeInclusive<i32> = 1900..=2100;
+/// Lowest and highest rank accepted.
+pub const RANKS: std::ops::RangeInclusive<f64> = 0.0..=100.0;
+
+/// One field of untrusted input, as it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The field was not sent (or, in protobuf, left empty where empty means "not sent").
+    Missing,
+    Text(String),
+    Number(serde_json::Number),
+    /// Any other JSON type; the value is the type's name (`"null"`, `"boolean"`, ...).
+    Other(&'static str),
+}
+
+impl Input {
+    /// Reads a field of a JSON object.
+    pub fn from_json(value: Option<&serde_json::Value>) -> Self {
+        use serde_json::Value;
+        match value {
+            None => Input::Missing,
+            Some(Value::String(s)) => Input::Text(s.clone()),
+            Some(Value::Number(n)) => Input::Number(n.clone()),
+            Some(Value::Null) => Input::Other("null"),
+            Some(Value::Bool(_)) => Input::Other("boolean"),
+            Some(Value::Array(_)) => Input::Other("array"),
+            Some(Value::Object(_)) => Input::Other("object"),
+        }
+    }
+
+    /// Reads an optional protobuf string, where the empty string means "not sent".
+    pub fn from_optional_proto(value: &str) -> Self {
+        if value.is_empty() { Input::Missing } else { Input::Text(value.to_owned()) }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Input::Missing => "nothing",
+            Input::Text(_) => "a string",
+            Input::Number(_) => "a number",
+            Input::Other(name) => name,
+        }
+    }
+}
+
+/// The raw fields of one vote, before validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BallotInput {
+    pub name: Input,
+    pub album: Input,
+    pub year: Input,
+    pub rank: Input,
+    pub vote_id: Input,
+    pub voter_id: Input,
+}
+
+impl BallotInput {
+    /// Reads the fields of a JSON object; unknown fields are ignored, a non-object is an error.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, InvalidVote> {
+        let Some(object) = value.as_object() else {
+            let got = Input::from_json(Some(value)).type_name();
+            return Err(InvalidVote::one("vote", format!("must be a JSON object, got {got}")));
+        };
+        let field = |name: &str| Input::from_json(object.get(name));
+        Ok(BallotInput {
+            name: field("name"),
+            album: field("album"),
+            year: field("year"),
+            rank: field("rank"),
+            vote_id: field("vote_id"),
+            voter_id: field("voter_id"),
+        })
+    }
+
+    /// Reads the four original protobuf strings plus the optional ids; empty means not sent.
+    pub fn from_proto(name: &str, album: &str, year: &str, rank: &str, vote_id: &str, voter_id: &str) -> Self {
+        BallotInput {
+            name: Input::from_optional_proto(name),
+            album: Input::from_optional_proto(album),
+            year: Input::from_optional_proto(year),
+            rank: Input::from_optional_proto(rank),
+            vote_id: Input::from_optional_proto(vote_id),
+            voter_id: Input::from_optional_proto(voter_id),
+        }
+    }
+}
+
+/// A release year, within [`YEARS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Year(i32);
+
+impl Year {
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+/// A rank given to an album, a finite decimal within [`RANKS`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Rank(f64);
+
+impl Rank {
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+/// An idempotency key: 1 to 64 characters of `A-Z a-z 0-9 . _ : -`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VoteId(String);
+
+impl VoteId {
+    /// Checks an id made by the server or sent by a client.
+    pub fn parse(id: &str) -> Result<Self, String> {
+        check_id(id).map(|()| VoteId(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VoteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A vote that passed validation. `vote_id` is the client's, when it sent one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ballot {
+    pub band: String,
+    pub album: String,
+    pub year: Year,
+    pub rank: Rank,
+    pub vote_id: Option<VoteId>,
+    pub voter_id: Option<String>,
+}
+
+impl Ballot {
+    /// Validates every field, reporting all the problems at once.
+    pub fn parse(input: &BallotInput) -> Result<Self, InvalidVote> {
+        fn keep<T>(errors: &mut Vec<FieldError>, field: &'static str, result: Result<T, String>) -> Option<T> {
+            result.map_err(|problem| errors.push(FieldError { field, problem })).ok()
+        }
+        let mut errors = Vec::new();
+        let band = keep(&mut errors, "name", parse_name(&input.name));
+        let album = keep(&mut errors, "album", parse_name(&input.album));
+        let year = keep(&mut errors, "year", parse_year(&input.year));
+        let rank = keep(&mut errors, "rank", parse_rank(&input.rank));
+        let vote_id = keep(&mut errors, "vote_id", parse_optional_id(&input.vote_id).map(|id| id.map(VoteId)));
+        let voter_id = keep(&mut errors, "voter_id", parse_optional_id(&input.voter_id));
+        match (band, album, year, rank, vote_id, voter_id) {
+            (Some(band), Some(album), Some(year), Some(rank), Some(vote_id), Some(voter_id)) => {
+                Ok(Ballot { band, album, year, rank, vote_id, voter_id })
+            }
+            _ => Err(InvalidVote { errors }),
+        }
+    }
+
+    /// Parses a JSON object into a ballot.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, InvalidVote> {
+        Ballot::parse(&BallotInput::from_json(value)?)
+    }
+}
+
+fn parse_name(input: &Input) -> Result<String, String> {
+    let text = match input {
+        Input::Text(text) => text.trim(),
+        Input::Missing => return Err("is required".into()),
+        other => return Err(format!("must be a string, got {}", other.type_name())),
+    };
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let chars = text.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(format!("must be at most {MAX_NAME_CHARS} characters, got {chars}"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_year(input: &Input) -> Result<Year, String> {
+    let year: Option<i64> = match input {
+        Input::Text(text) => {
+            let text = text.trim();
+            if text.is_empty() {
+                return Err("must not be empty".into());
+            }
+            if !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("must be a whole number such as \"1997\", got {}", quoted(text)));
+            }
+            text.parse().ok()
+        }
+        Input::Number(number) => match number.as_i64() {
+            Some(year) => Some(year),
+            None => return Err(format!("must be a whole number such as 1997, got {number}")),
+        },
+        Input::Missing => return Err("is required".into()),
+        other => return Err(format!("must be a string or a number, got {}", other.type_name())),
+    };
+    match year {
+        Some(year) if year >= i64::from(*YEARS.start()) && year <= i64::from(*YEARS.end()) => {
+            Ok(Year(year as i32))
+        }
+        _ => Err(format!("must be between {} and {}", YEARS.start(), YEARS.end())),
+    }
+}
+
+fn parse_rank(input: &Input) -> Result<Rank, String> {
+    let rank = match input {
+        Input::Text(text) => {
+            let text = text.trim();
+            if text.is_empty() {
+                return Err("must not be empty".into());
+            }
+            let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+            let digits = |s: &str| !s.is_empty() && s.len() <= 12 && s.bytes().all(|b| b.is_ascii_digit());
+            if !digits(whole) || !digits(fraction) {
+                return Err(format!("must be a decimal number such as \"9.5\", got {}", quoted(text)));
+            }
+            text.parse::<f64>().map_err(|_| format!("must be a decimal number, got {}", quoted(text)))?
+        }
+        Input::Number(number) => number.as_f64().unwrap_or(f64::NAN),
+        Input::Missing => return Err("is required".into()),
+        other => return Err(format!("must be a string or a number, got {}", other.type_name())),
+    };
+    if rank.is_finite() && RANKS.contains(&rank) {
+        Ok(Rank(rank))
+    } else {
+        Err(format!("must be between {} and {}", RANKS.start(), RANKS.end()))
+    }
+}
+
+fn parse_optional_id(input: &Input) -> Result<Option<String>, String> {
+    match input {
+        Input::Missing | Input::Other("null") => Ok(None),
+        Input::Text(text) => check_id(text).map(|()| Some(text.clone())),
+        other => Err(format!("must be a string, got {}", other.type_name())),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let chars = id.chars().count();
+    if chars > MAX_ID_CHARS {
+        return Err(format!("must be at most {MAX_ID_CHARS} characters, got {chars}"));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b)) {
+        return Err("may contain only letters, digits, '.', '_', ':' and '-'".into());
+    }
+    Ok(())
+}
+
+/// Quotes a value for an error message, cut short so that a huge input makes a short message.
+fn quoted(text: &str) -> String {
+    const SHOWN: usize = 40;
+    if text.chars().count() <= SHOWN {
+        format!("{text:?}")
+    } else {
+        let head: String = text.chars().take(SHOWN).collect();
+        format!("{head:?}...")
+    }
+}
+
+/// One field that is wrong, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+/// Why a vote was refused: at least one [`FieldError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidVote {
+    pub errors: Vec<FieldError>,
+}
+
+impl InvalidVote {
+    pub fn one(field: &'static str, problem: impl Into<String>) -> Self {
+        InvalidVote { errors: vec![FieldError { field, problem: problem.into() }] }
+    }
+}
+
+impl fmt::Display for InvalidVote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn problems(value: serde_json::Value) -> Vec<String> {
+        match Ballot::from_json(&value) {
+            Ok(ballot) => panic!("accepted {ballot:?}"),
+            Err(invalid) => invalid.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_original_four_strings() {
+        let ballot = Ballot::from_json(&json!({"name": "Malacates Trebol Shop", "album": "Vueltas", "year": "1997", "rank": "9.5"}))
+            .expect("valid");
+        assert_eq!(ballot.band, "Malacates Trebol Shop");
+        assert_eq!(ballot.year.get(), 1997);
+        assert_eq!(ballot.rank.get(), 9.5);
+        assert_eq!(ballot.vote_id, None);
+    }
+
+    #[test]
+    fn accepts_numbers_and_ids() {
+        let ballot = Ballot::from_json(&json!({
+            "name": " Bohemia Suburbana ", "album": "Mil palabras", "year": 1997, "rank": 86,
+            "vote_id": "v-1", "voter_id": "phone:502"
+        }))
+        .expect("valid");
+        assert_eq!(ballot.band, "Bohemia Suburbana");
+        assert_eq!(ballot.rank.get(), 86.0);
+        assert_eq!(ballot.vote_id.as_ref().map(VoteId::as_str), Some("v-1"));
+        assert_eq!(ballot.voter_id.as_deref(), Some("phone:502"));
+    }
+
+    #[test]
+    fn names_every_bad_field() {
+        let found = problems(json!({"album": "", "year": "19x7", "rank": true, "vote_id": "a b"}));
+        assert_eq!(
+            found,
+            [
+                "name: is required",
+                "album: must not be empty",
+                "year: must be a whole number such as \"1997\", got \"19x7\"",
+                "rank: must be a string or a number, got boolean",
+                "vote_id: may contain only letters, digits, '.', '_', ':' and '-'",
+            ]
+        );
+    }
+
+    #[test]
+    fn bounds_lengths_and_ranges() {
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        let found = problems(json!({"name": long, "album": 5, "year": 1850, "rank": "101"}));
+        assert_eq!(
+            found,
+            [
+                "name: must be at most 100 characters, got 101",
+                "album: must be a string, got a number",
+                "year: must be between 1900 and 2100",
+                "rank: must be between 0 and 100",
+            ]
+        );
+        assert_eq!(problems(json!({"name": "a", "album": "b", "year": 1997.5, "rank": "1e3"})), [
+            "year: must be a whole number such as 1997, got 1997.5",
+            "rank: must be a decimal number such as \"9.5\", got \"1e3\"",
+        ]);
+        assert_eq!(problems(json!(["not", "an", "object"])), ["vote: must be a JSON object, got array"]);
+    }
+
+    #[test]
+    fn proto_empty_strings_are_missing() {
+        let input = BallotInput::from_proto("Band", "Album", "", "9", "", "");
+        let invalid = Ballot::parse(&input).expect_err("year is missing");
+        assert_eq!(invalid.to_string(), "year: is required");
+    }
+}

@@ -1,0 +1,167 @@
+//! The Kafka event: one accepted vote, as ingest writes it and the consumer reads it.
+//!
+//! The payload is a JSON object with a version field `v`. Version 1:
+//!
+//! ```json
+//! {"v":1,"vote_id":"0192…","name":"Bohemia Suburbana","album":"Mil palabras","year":1997,
+//!  "rank":9.5,"voter_id":null,"route":"grpc","received_at_ms":1764192000000}
+//! ```
+//!
+//! The record key is the `vote_id`, so that load spreads evenly over the partitions and every copy
+//! of one vote lands in the same partition, in order. Decoding validates the vote again: a record
+//! that was not written by ingest gets the same checks as a request.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ballot::{Ballot, BallotInput, Input, InvalidVote, VoteId};
+
+/// The event version this build writes. Readers accept exactly the versions they know.
+pub const EVENT_VERSION: u32 = 1;
+
+/// Which ingest route accepted a vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// The gRPC route: `bandvote.v1.Votes`, `confproto.getInfo` and the `/grpc/insert` front.
+    Grpc,
+    /// The plain HTTP route: `POST /votes`, `/votes/batch`, `/rust/send_data`, `/insert`, `/`.
+    Http,
+    /// The WebAssembly HTTP front.
+    Wasm,
+}
+
+impl Route {
+    pub const ALL: [Route; 3] = [Route::Grpc, Route::Http, Route::Wasm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Grpc => "grpc",
+            Route::Http => "http",
+            Route::Wasm => "wasm",
+        }
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An accepted vote with everything the consumer needs to count and log it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoteEvent {
+    pub vote_id: VoteId,
+    pub ballot: Ballot,
+    pub route: Route,
+    /// When ingest accepted the vote, in milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireV1 {
+    v: u32,
+    vote_id: String,
+    name: String,
+    album: String,
+    year: i32,
+    rank: f64,
+    #[serde(default)]
+    voter_id: Option<String>,
+    route: Route,
+    received_at_ms: i64,
+}
+
+/// Why a Kafka record is not a vote event. Such records go to the dead-letter topic.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the record has no payload")]
+    Empty,
+    #[error("the payload is not a version-{EVENT_VERSION} vote event: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("event version {0} is not supported (this build reads version {EVENT_VERSION})")]
+    UnsupportedVersion(u64),
+    #[error("the event holds an invalid vote: {0}")]
+    InvalidVote(#[from] InvalidVote),
+}
+
+impl VoteEvent {
+    /// The record key: the vote id.
+    pub fn key(&self) -> &[u8] {
+        self.vote_id.as_str().as_bytes()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = WireV1 {
+            v: EVENT_VERSION,
+            vote_id: self.vote_id.as_str().to_owned(),
+            name: self.ballot.band.clone(),
+            album: self.ballot.album.clone(),
+            year: self.ballot.year.get(),
+            rank: self.ballot.rank.get(),
+            voter_id: self.ballot.voter_id.clone(),
+            route: self.route,
+            received_at_ms: self.received_at_ms,
+        };
+        serde_json::to_vec(&wire).expect("a vote event always serializes")
+    }
+
+    pub fn decode(payload: Option<&[u8]>) -> Result<Self, DecodeError> {
+        let payload = payload.filter(|p| !p.is_empty()).ok_or(DecodeError::Empty)?;
+        #[derive(Deserialize)]
+        struct Version {
+            v: u64,
+        }
+        let Version { v } = serde_json::from_slice(payload)?;
+        if v != u64::from(EVENT_VERSION) {
+            return Err(DecodeError::UnsupportedVersion(v));
+        }
+        let wire: WireV1 = serde_json::from_slice(payload)?;
+        let input = BallotInput {
+            name: Input::Text(wire.name),
+            album: Input::Text(wire.album),
+            year: Input::Number(wire.year.into()),
+            rank: serde_json::Number::from_f64(wire.rank).map_or(Input::Other("NaN"), Input::Number),
+            vote_id: Input::Text(wire.vote_id),
+            voter_id: wire.voter_id.map_or(Input::Missing, Input::Text),
+        };
+        let mut ballot = Ballot::parse(&input)?;
+        let vote_id = ballot.vote_id.take().ok_or_else(|| InvalidVote::one("vote_id", "is required"))?;
+        ballot.vote_id = Some(vote_id.clone());
+        Ok(VoteEvent { vote_id, ballot, route: wire.route, received_at_ms: wire.received_at_ms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event() -> VoteEvent {
+        let ballot = Ballot::from_json(&json!({"name": "Alux Nahual", "album": "Alux Nahual", "year": "1979", "rank": "9.5"}))
+            .expect("valid");
+        VoteEvent { vote_id: VoteId::parse("abc-1").expect("id"), ballot, route: Route::Http, received_at_ms: 1_764_000_000_123 }
+    }
+
+    #[test]
+    fn round_trips() {
+        let event = event();
+        let mut expected = event.clone();
+        expected.ballot.vote_id = Some(expected.vote_id.clone());
+        assert_eq!(VoteEvent::decode(Some(&event.encode())).expect("decodes"), expected);
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_v1_vote() {
+        assert!(matches!(VoteEvent::decode(None), Err(DecodeError::Empty)));
+        assert!(matches!(VoteEvent::decode(Some(b"{nope")), Err(DecodeError::Malformed(_))));
+        let v2 = br#"{"v":2,"vote_id":"a"}"#;
+        assert!(matches!(VoteEvent::decode(Some(v2)), Err(DecodeError::UnsupportedVersion(2))));
+        let mut wire: serde_json::Value = serde_json::from_slice(&event().encode()).expect("json");
+        wire["rank"] = json!(1000);
+        let bad = serde_json::to_vec(&wire).expect("json");
+        let err = VoteEvent::decode(Some(&bad)).expect_err("rank out of range");
+        assert_eq!(err.to_string(), "the event holds an invalid vote: rank: must be between 0 and 100");
+    }
+}

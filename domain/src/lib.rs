@@ -1,0 +1,19 @@
+//! The bandvote domain: what a vote is, how it travels and where it is kept.
+//!
+//! * [`ballot`] turns untrusted input (JSON or protobuf strings) into a [`Ballot`], naming every
+//!   field that is wrong and why. Past that point a vote is valid by construction.
+//! * [`roster`] is the optional list of contest bands and albums that rejects unknown candidates.
+//! * [`event`] is the versioned Kafka event, the one format producer and consumer share.
+//! * [`names`] holds every Redis key and MongoDB name, shared by the writer and the readers.
+//!
+//! The crate does no I/O and builds for `wasm32-unknown-unknown`.
+
+pub mod ballot;
+pub mod event;
+pub mod names;
+pub mod roster;
+
+pub use ballot::{Ballot, FieldError, Input, InvalidVote, Rank, VoteId, Year};
+pub use event::{DecodeError, Route, VoteEvent};
+pub use names::{MongoNames, RedisKeys};
+pub use roster::{Roster, RosterError};

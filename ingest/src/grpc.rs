@@ -1,0 +1,101 @@
+//! The gRPC route: `bandvote.v1.Votes` (unary `Cast`, client-streaming `CastBatch`), the original
+//! `confproto.getInfo/returnInfo`, gRPC health and reflection.
+
+use bandvote_domain::{InvalidVote, Route, ballot::BallotInput};
+use bandvote_proto::{
+    confproto::{self, get_info_server::GetInfo},
+    v1::{self, votes_server::Votes},
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cast::{BatchError, CastError, Caster, rejected};
+
+/// Largest gRPC message accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct VoteService {
+    caster: Caster,
+    max_batch: usize,
+}
+
+impl VoteService {
+    pub fn new(caster: Caster, max_batch: usize) -> Self {
+        VoteService { caster, max_batch }
+    }
+
+    async fn cast_one(&self, input: BallotInput) -> Result<String, Status> {
+        let ballot = self.caster.check(Route::Grpc, &input).map_err(invalid)?;
+        let vote_id = self.caster.cast(Route::Grpc, ballot).await.map_err(status)?;
+        Ok(vote_id.to_string())
+    }
+}
+
+fn input(vote: &v1::Vote) -> BallotInput {
+    BallotInput::from_proto(&vote.name, &vote.album, &vote.year, &vote.rank, &vote.vote_id, &vote.voter_id)
+}
+
+fn invalid(err: InvalidVote) -> Status {
+    Status::invalid_argument(err.to_string())
+}
+
+fn batch_status(err: BatchError) -> Status {
+    let message = err.to_string();
+    match err {
+        BatchError::Invalid { invalid, .. } => {
+            let each: Vec<String> = invalid.iter().map(|(index, e)| format!("vote {index}: {e}")).collect();
+            Status::invalid_argument(format!("{message}: {}", each.join("; ")))
+        }
+        BatchError::Partial { failed, .. } => {
+            let ids: Vec<&str> = failed.iter().map(|(_, id)| id.as_str()).collect();
+            Status::unavailable(format!("{message}; re-send these vote ids: {}", ids.join(",")))
+        }
+    }
+}
+
+fn status(err: CastError) -> Status {
+    match err {
+        CastError::Invalid(err) => invalid(err),
+        CastError::Unavailable(err) => Status::unavailable(err.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Votes for VoteService {
+    async fn cast(&self, request: Request<v1::Vote>) -> Result<Response<v1::CastReply>, Status> {
+        let vote_id = self.cast_one(input(request.get_ref())).await?;
+        Ok(Response::new(v1::CastReply { vote_id }))
+    }
+
+    async fn cast_batch(&self, request: Request<Streaming<v1::Vote>>) -> Result<Response<v1::CastBatchReply>, Status> {
+        let mut stream = request.into_inner();
+        let mut inputs = Vec::new();
+        while let Some(vote) = stream.message().await? {
+            if inputs.len() == self.max_batch {
+                rejected(Route::Grpc, "too_large", inputs.len() + 1);
+                return Err(Status::resource_exhausted(format!("a batch may hold at most {} votes", self.max_batch)));
+            }
+            inputs.push(input(&vote));
+        }
+        if inputs.is_empty() {
+            return Err(Status::invalid_argument("the batch holds no votes"));
+        }
+        match self.caster.cast_all(Route::Grpc, &inputs).await {
+            Ok(ids) => Ok(Response::new(v1::CastBatchReply {
+                accepted: ids.len() as u32,
+                vote_ids: ids.into_iter().map(|id| id.to_string()).collect(),
+            })),
+            Err(err) => Err(batch_status(err)),
+        }
+    }
+}
+
+/// The original course service: the same vote, answered with a line of text.
+#[tonic::async_trait]
+impl GetInfo for VoteService {
+    async fn return_info(&self, request: Request<confproto::RequestId>) -> Result<Response<confproto::ReplyInfo>, Status> {
+        let r = request.get_ref();
+        let vote_id = self.cast_one(BallotInput::from_proto(&r.name, &r.album, &r.year, &r.rank, "", "")).await?;
+        Ok(Response::new(confproto::ReplyInfo { info: format!("vote accepted: {vote_id}") }))
+    }
+}

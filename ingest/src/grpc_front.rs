@@ -1,0 +1,73 @@
+//! `POST /grpc/insert`: the gRPC route's HTTP front. Like the original "gRPC client", it takes a
+//! JSON vote and forwards it over a real gRPC channel to the gRPC server (`bandvote.v1.Votes/Cast`),
+//! then answers in JSON. It checks the vote first so that a bad one gets the same field errors as
+//! on the HTTP route without a round trip.
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use bandvote_domain::{Ballot, Route, VoteId, ballot::BallotInput};
+use bandvote_proto::v1::{self, votes_client::VotesClient};
+use tonic::{Code, codegen::http::uri::InvalidUri, transport::Channel};
+
+use crate::{
+    cast::rejected,
+    http::read_json,
+    reply::{self, ApiError},
+};
+
+#[derive(Clone)]
+struct Front {
+    client: VotesClient<Channel>,
+    timeout: Duration,
+}
+
+/// Routes `/grpc/insert` (and the original variant `/grpc`) to the gRPC server at `target`.
+pub fn router(target: &str, timeout: Duration) -> Result<Router, InvalidUri> {
+    let channel = Channel::from_shared(target.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let front = Front { client: VotesClient::new(channel), timeout };
+    Ok(Router::new().route("/grpc/insert", post(insert)).route("/grpc", post(insert)).with_state(front))
+}
+
+async fn insert(State(front): State<Front>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let value = read_json(Route::Grpc, body)?;
+    let ballot = BallotInput::from_json(&value)
+        .and_then(|input| Ballot::parse(&input))
+        .inspect_err(|_| rejected(Route::Grpc, "invalid", 1))?;
+    let vote = v1::Vote {
+        name: ballot.band,
+        album: ballot.album,
+        year: ballot.year.get().to_string(),
+        rank: ballot.rank.get().to_string(),
+        vote_id: ballot.vote_id.map(|id| id.to_string()).unwrap_or_default(),
+        voter_id: ballot.voter_id.unwrap_or_default(),
+    };
+    let mut request = tonic::Request::new(vote);
+    request.set_timeout(front.timeout);
+    let reply = front.client.clone().cast(request).await.map_err(from_status)?;
+    let vote_id = VoteId::parse(&reply.get_ref().vote_id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("the gRPC server sent a bad vote id: {e}")))?;
+    Ok(reply::accepted(&vote_id).into_response())
+}
+
+fn from_status(status: tonic::Status) -> ApiError {
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::InvalidArgument => ApiError::new(StatusCode::BAD_REQUEST, "invalid_vote", message),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the gRPC server did not accept the vote: {message}"))
+        }
+        Code::ResourceExhausted => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message),
+        code => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("the gRPC server answered {code:?}: {message}")),
+    }
+}

@@ -1,0 +1,219 @@
+//! bandvote ingest: the two vote routes in front of Kafka.
+//!
+//! * The gRPC route ([`grpc`]): `bandvote.v1.Votes` and the original `confproto.getInfo`, with
+//!   health and reflection, plus its HTTP front `POST /grpc/insert` ([`grpc_front`]) that forwards
+//!   each vote over a real gRPC channel, as the original "gRPC client" did.
+//! * The HTTP route ([`http`]): `POST /votes`, `POST /votes/batch` and the original paths.
+//!
+//! Both routes go through [`cast::Caster`]: validate, check the roster, give the vote its id, and
+//! publish it with the process's one [`publisher::Publisher`].
+//!
+//! Invariant: a route answers success only after Kafka acknowledged the vote; when Kafka is down
+//! or slow it answers 503 / `UNAVAILABLE` within `KAFKA_PRODUCE_TIMEOUT`.
+
+pub mod cast;
+pub mod grpc;
+pub mod grpc_front;
+pub mod http;
+pub mod publisher;
+pub mod reply;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, extract::DefaultBodyLimit, http::StatusCode};
+use bandvote_domain::Roster;
+use bandvote_ops::{
+    config::{KafkaArgs, TelemetryArgs, parse_duration},
+    health,
+};
+use bandvote_proto::{confproto::get_info_server::GetInfoServer, v1::votes_server::VotesServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{cast::Caster, grpc::VoteService, publisher::Publisher, reply::ApiError};
+
+/// Which routes this process serves. The gRPC route's pod serves `grpc`, the HTTP route's pod
+/// `http`; locally one process serves both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Serve {
+    Grpc,
+    Http,
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "bandvote-ingest", version, about = "The bandvote vote routes: gRPC and HTTP in front of Kafka.")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// HTTP port: the HTTP route, the `/grpc/insert` front, `/healthz`, `/readyz`, `/metrics`.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// gRPC port (`bandvote.v1.Votes`, `confproto.getInfo`, health, reflection).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
+    pub grpc_port: u16,
+    /// The gRPC server that `/grpc/insert` forwards to; by default this process's own.
+    #[arg(long, env = "GRPC_TARGET")]
+    pub grpc_target: Option<String>,
+    /// Routes to serve, comma separated.
+    #[arg(long, env = "INGEST_ROUTES", value_delimiter = ',', default_value = "grpc,http")]
+    pub routes: Vec<Serve>,
+    /// Longest wait for Kafka's acknowledgement before answering 503 / UNAVAILABLE.
+    #[arg(long, env = "KAFKA_PRODUCE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub produce_timeout: Duration,
+    /// JSON file of the contest's bands and albums; when set, other candidates are refused.
+    #[arg(long, env = "ROSTER_FILE")]
+    pub roster_file: Option<PathBuf>,
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most votes in one batch (HTTP or gRPC).
+    #[arg(long, env = "MAX_BATCH_VOTES", default_value_t = 1000)]
+    pub max_batch: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// A built ingest service, listening, not yet serving.
+pub struct Ingest {
+    config: Config,
+    caster: Caster,
+    http: TcpListener,
+    grpc: Option<TcpListener>,
+}
+
+impl Ingest {
+    /// Binds the listeners, creates the producer and (when allowed) the topics.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let roster = match &config.roster_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read ROSTER_FILE {}", path.display()))?;
+                Some(Roster::from_json(&text).with_context(|| format!("ROSTER_FILE {} is not a valid roster", path.display()))?)
+            }
+            None => None,
+        };
+        bandvote_ops::telemetry::metrics();
+        if let Err(err) = bandvote_ops::topics::ensure(&config.kafka).await {
+            tracing::warn!(error = %err, "cannot make sure the topics exist yet; votes are refused until Kafka answers");
+        }
+        let publisher = Publisher::new(&config.kafka, config.produce_timeout).context("cannot create the Kafka producer")?;
+        let caster = Caster::new(publisher, roster);
+        let http = TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+        let grpc = if config.routes.contains(&Serve::Grpc) {
+            Some(
+                TcpListener::bind((config.host.as_str(), config.grpc_port))
+                    .await
+                    .with_context(|| format!("cannot listen on {}:{} for gRPC", config.host, config.grpc_port))?,
+            )
+        } else {
+            None
+        };
+        Ok(Ingest { config, caster, http, grpc })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains requests and flushes the producer.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Ingest { config, caster, http, grpc } = self;
+        let front_target = config
+            .grpc_target
+            .clone()
+            .or_else(|| grpc.as_ref().and_then(|l| l.local_addr().ok()).map(|addr| format!("http://{addr}")));
+        let http_addr = http.local_addr()?;
+        let grpc_addr = grpc.as_ref().map(TcpListener::local_addr).transpose()?;
+
+        let mut router = Router::new();
+        if config.routes.contains(&Serve::Http) {
+            let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch };
+            router = router.merge(http::router(caster.clone(), limits));
+        }
+        if let Some(target) = &front_target {
+            let timeout = config.produce_timeout + Duration::from_secs(2);
+            router = router.merge(grpc_front::router(target, timeout).with_context(|| format!("GRPC_TARGET {target:?} is not a URI"))?);
+        }
+        let publisher = caster.publisher().clone();
+        let ready: health::ReadyCheck = Arc::new(move || {
+            let publisher = publisher.clone();
+            Box::pin(async move { publisher.check().await })
+        });
+        let router = router
+            .merge(health::routes(ready))
+            .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path; votes go to POST /votes") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path takes POST with a JSON vote")
+            })
+            .layer(DefaultBodyLimit::max(config.max_body_bytes))
+            .layer(tower_http::trace::TraceLayer::new_for_http());
+
+        let grace = config.shutdown_grace;
+        let stopped = shutdown.clone();
+        let http_server = axum::serve(http, router).with_graceful_shutdown(async move { stopped.cancelled().await });
+        tracing::info!(%http_addr, grpc_addr = ?grpc_addr, routes = ?config.routes, "ingest listening");
+
+        let grpc_server = grpc.map(|listener| {
+            let service = VoteService::new(caster.clone(), config.max_batch);
+            let stopped = shutdown.clone();
+            async move {
+                let (health_reporter, health_service) = tonic_health::server::health_reporter();
+                health_reporter.set_serving::<VotesServer<VoteService>>().await;
+                health_reporter.set_serving::<GetInfoServer<VoteService>>().await;
+                let reflection = tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(bandvote_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .build_v1()?;
+                tonic::transport::Server::builder()
+                    .add_service(health_service)
+                    .add_service(reflection)
+                    .add_service(
+                        VotesServer::new(service.clone())
+                            .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+                    )
+                    .add_service(GetInfoServer::new(service).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES))
+                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stopped.cancelled())
+                    .await?;
+                anyhow::Ok(())
+            }
+        });
+
+        let serve = async {
+            match grpc_server {
+                Some(grpc_server) => {
+                    let (http, grpc) = tokio::join!(http_server, grpc_server);
+                    http?;
+                    grpc
+                }
+                None => Ok(http_server.await?),
+            }
+        };
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => result?,
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "requests still in flight after the grace period; stopping anyway");
+            }
+        }
+        caster.publisher().flush(Duration::from_secs(2));
+        tracing::info!("ingest stopped");
+        Ok(())
+    }
+}
+
+/// Builds and runs ingest until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Ingest::build(config).await?.run_until_stopped(shutdown).await
+}

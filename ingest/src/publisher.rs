@@ -1,0 +1,103 @@
+//! The one Kafka producer of an ingest process, shared by every route.
+//!
+//! Invariant: a vote is reported as published only after Kafka acknowledged it with `acks=all`.
+//! The producer is idempotent, so its own retries never duplicate a record. Every publish is
+//! bounded by `message.timeout.ms`: when Kafka is down or slow the caller hears so within that
+//! bound, and the producer reconnects by itself when Kafka is back.
+
+use std::time::{Duration, Instant};
+
+use bandvote_domain::VoteEvent;
+use bandvote_ops::config::KafkaArgs;
+use futures::future::join_all;
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{FutureProducer, FutureRecord, Producer},
+    util::Timeout,
+};
+
+/// How long a publish may wait for room in the producer's local queue before it is refused.
+const QUEUE_WAIT: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("Kafka did not acknowledge the vote in time ({0})")]
+    Unavailable(KafkaError),
+    #[error("the ingest queue to Kafka is full; try again shortly")]
+    QueueFull,
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl Publisher {
+    pub fn new(kafka: &KafkaArgs, timeout: Duration) -> Result<Self, KafkaError> {
+        let timeout_ms = timeout.as_millis().max(1).to_string();
+        let producer = kafka
+            .client_config()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", &timeout_ms)
+            .set("linger.ms", "2")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "200000")
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()?;
+        Ok(Publisher { producer, topic: kafka.topic.clone(), timeout })
+    }
+
+    /// Publishes one vote and waits for Kafka's acknowledgement.
+    pub async fn publish(&self, event: &VoteEvent) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let payload = event.encode();
+        let record = FutureRecord::to(&self.topic).key(event.key()).payload(&payload);
+        let outcome = match self.producer.send(record, Timeout::After(QUEUE_WAIT)).await {
+            Ok(_) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
+            Err((err, _)) => Err(PublishError::Unavailable(err)),
+        };
+        let result = if outcome.is_ok() { "ok" } else { "error" };
+        metrics::histogram!("bandvote_ingest_produce_latency_seconds", "result" => result)
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    /// Publishes votes concurrently; the result for each vote is in the order given.
+    pub async fn publish_all(&self, events: &[VoteEvent]) -> Vec<Result<(), PublishError>> {
+        join_all(events.iter().map(|event| self.publish(event))).await
+    }
+
+    /// Whether Kafka answers a metadata request for the votes topic right now.
+    pub async fn check(&self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(2)))
+                .map_err(|err| format!("kafka: {err}"))?;
+            match metadata.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+                _ => Err(format!("kafka: topic {topic:?} is not available")),
+            }
+        })
+        .await
+        .map_err(|err| format!("kafka check failed: {err}"))?
+    }
+
+    /// The bound on one publish, as configured.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Waits until every queued vote was delivered or failed.
+    pub fn flush(&self, within: Duration) {
+        if let Err(err) = self.producer.flush(Timeout::After(within)) {
+            tracing::warn!(error = %err, "producer flush did not finish");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Test support for bandvote's integration tests.
+//!
+//! Tests talk to the real local services that `dev/services start` runs (Kafka, Redis, and the
+//! MongoDB-protocol server). Every test isolates itself with unique names: its own topic, consumer
+//! group, Redis key prefix and MongoDB database. A test whose service is not running fails with a
+//! message that says how to start it; none is skipped.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::TcpStream,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bandvote_domain::RedisKeys;
+use mongodb::bson::{Document, doc};
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+};
+
+/// The addresses of the local services (overridable with the services' usual variables).
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub kafka_brokers: String,
+    pub redis_url: String,
+    pub mongodb_uri: String,
+}
+
+impl Services {
+    /// The local services, checked to be listening.
+    pub fn local() -> Self {
+        let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+        let services = Services {
+            kafka_brokers: var("KAFKA_BROKERS", "127.0.0.1:9092"),
+            redis_url: var("REDIS_URL", "redis://127.0.0.1:6379"),
+            mongodb_uri: var("MONGODB_URI", "mongodb://127.0.0.1:27017"),
+        };
+        for (name, addr) in [
+            ("Kafka", host_port(&services.kafka_brokers)),
+            ("Redis", host_port(&services.redis_url)),
+            ("MongoDB", host_port(&services.mongodb_uri)),
+        ] {
+            let reachable = addr.parse().ok().and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
+            assert!(reachable.is_some(), "{name} is not listening on {addr}: start the local services with `dev/services start`");
+        }
+        services
+    }
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").last().unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    let host_port = rest.split(['/', ',', '?']).next().unwrap_or(rest);
+    host_port.replace("localhost", "127.0.0.1")
+}
+
+/// A name no other test (in this run or an earlier one) uses: `<base>-<time>-<pid>-<n>`.
+pub fn unique(base: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let millis = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() % 100_000_000);
+    format!("{base}-{millis}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit is one level below the root").to_path_buf()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `within` with `what` and the last value.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => panic!("timed out after {within:?} waiting for {what}; last: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The tallies the consumer wrote under one key prefix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tallies {
+    pub total: u64,
+    pub by_band: BTreeMap<String, u64>,
+    pub by_album: BTreeMap<String, u64>,
+    pub by_route: BTreeMap<String, u64>,
+    pub leaderboard: BTreeMap<String, u64>,
+    pub per_second_sum: u64,
+    pub rank_avg: BTreeMap<String, f64>,
+    pub dead_letters: u64,
+}
+
+/// Reads every tally under `prefix` from Redis.
+pub async fn read_tallies(redis_url: &str, prefix: &str) -> Tallies {
+    let keys = RedisKeys::new(prefix);
+    let client = redis::Client::open(redis_url).expect("valid Redis URL");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
+    let hash = |key: String| {
+        let mut redis = redis.clone();
+        async move { redis::cmd("HGETALL").arg(key).query_async::<BTreeMap<String, u64>>(&mut redis).await.expect("HGETALL") }
+    };
+    let by_band = hash(keys.by_band()).await;
+    let by_album = hash(keys.by_album()).await;
+    let by_route = hash(keys.by_route()).await;
+    let per_second_sum = hash(keys.per_second()).await.values().sum();
+    let rank_avg: BTreeMap<String, f64> =
+        redis::cmd("HGETALL").arg(keys.rank_avg()).query_async(&mut redis).await.expect("HGETALL rank avg");
+    let leaderboard: Vec<(String, f64)> =
+        redis::cmd("ZRANGE").arg(keys.leaderboard()).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut redis).await.expect("ZRANGE");
+    let total: Option<u64> = redis::cmd("GET").arg(keys.total()).query_async(&mut redis).await.expect("GET total");
+    let dead_letters: Option<u64> = redis::cmd("GET").arg(keys.dead_letters()).query_async(&mut redis).await.expect("GET dead letters");
+    Tallies {
+        total: total.unwrap_or(0),
+        by_band,
+        by_album,
+        by_route,
+        leaderboard: leaderboard.into_iter().map(|(band, score)| (band, score as u64)).collect(),
+        per_second_sum,
+        rank_avg,
+        dead_letters: dead_letters.unwrap_or(0),
+    }
+}
+
+/// The vote log of one database.
+pub struct VoteLog {
+    votes: mongodb::Collection<Document>,
+}
+
+impl VoteLog {
+    pub async fn open(uri: &str, database: &str) -> Self {
+        let client = mongodb::Client::with_uri_str(uri).await.expect("MongoDB URI");
+        VoteLog { votes: client.database(database).collection(bandvote_domain::MongoNames::VOTES) }
+    }
+
+    pub async fn count(&self) -> u64 {
+        self.votes.count_documents(doc! {}).await.expect("count the vote log")
+    }
+
+    /// Every document, by `_id`.
+    pub async fn all(&self) -> BTreeMap<String, Document> {
+        use futures::StreamExt;
+        let mut cursor = self.votes.find(doc! {}).await.expect("find the vote log");
+        let mut all = BTreeMap::new();
+        while let Some(document) = cursor.next().await {
+            let document = document.expect("a vote document");
+            let id = document.get_str("_id").expect("string _id").to_owned();
+            assert!(all.insert(id.clone(), document).is_none(), "vote {id} is logged twice");
+        }
+        all
+    }
+
+    pub async fn drop_database(self) {
+        let _ = self.votes.client().database(self.votes.namespace().db.as_str()).drop().await;
+    }
+}
+
+/// Reads every record of `topic` from the beginning up to its current end: `(key, payload)`.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("broker.address.family", "v4")
+        .create()
+        .expect("a Kafka reader");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0;
+    let mut ends = BTreeMap::new();
+    for &partition in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
+        remaining += high - low;
+        ends.insert(partition, high);
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remaining > 0 && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            let message = message.expect("a record");
+            if message.offset() < ends[&message.partition()] {
+                records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
+                remaining -= 1;
+            }
+        }
+    }
+    assert_eq!(remaining, 0, "could not read all of topic {topic}");
+    records
+}
+
+/// Deletes every Redis key under `prefix`.
+pub async fn clear_redis(redis_url: &str, prefix: &str) {
+    let client = redis::Client::open(redis_url).expect("valid Redis URL");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut redis).await.expect("KEYS");
+    for chunk in keys.chunks(500) {
+        let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await.expect("DEL");
+    }
+}
+
+/// A few Guatemalan bands and their albums, for test votes.
+pub const BANDS: &[(&str, &[&str])] = &[
+    ("Alux Nahual", &["Alux Nahual", "Conquista"]),
+    ("Bohemia Suburbana", &["Las Oxidadas Ramas del Mal", "Mil palabras"]),
+    ("Malacates Trebol Shop", &["Resistiré", "Vueltas"]),
+    ("Viernes Verde", &["Hijos del Maíz"]),
+];
+
+/// The `n`-th test vote: `(band, album, year, rank)`, spread over [`BANDS`].
+pub fn vote(n: usize) -> (&'static str, &'static str, &'static str, &'static str) {
+    let (band, albums) = BANDS[n % BANDS.len()];
+    let album = albums[(n / BANDS.len()) % albums.len()];
+    let ranks = ["9.5", "86", "7", "10", "3.25"];
+    (band, album, "1997", ranks[n % ranks.len()])
+}
