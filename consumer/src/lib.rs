@@ -91,7 +91,16 @@ impl ConsumerService {
         let log = LogStore::connect(&config.mongo.uri, &MongoNames::new(&config.mongo.database))
             .await
             .context("MONGODB_URI is not a valid MongoDB connection string")?;
-        log.ensure_indexes().await.context("cannot create the vote log indexes in MongoDB")?;
+        // Replicas starting together race to create the indexes; the loser sees them on retry.
+        let mut attempt = 1;
+        while let Err(err) = log.ensure_indexes().await {
+            if attempt == 5 {
+                return Err(err).context("cannot create the vote log indexes in MongoDB");
+            }
+            tracing::warn!(error = %err, attempt, "cannot create the vote log indexes yet; retrying");
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            attempt += 1;
+        }
         let consumer: StreamConsumer<Context> = config
             .kafka
             .client_config()

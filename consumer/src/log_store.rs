@@ -14,6 +14,8 @@ use mongodb::{
 
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
+/// MongoDB's "namespace not found" error code.
+const NAMESPACE_NOT_FOUND: i32 = 26;
 
 /// A vote with where it was read from Kafka.
 #[derive(Debug, Clone)]
@@ -36,9 +38,22 @@ impl LogStore {
         Ok(LogStore { client, votes })
     }
 
-    /// Creates the indexes for "newest first" and the filters (a no-op when they exist).
+    /// Creates the indexes for "newest first" and the filters that do not exist yet.
+    ///
+    /// Only missing indexes are asked for: FerretDB 1.24 drops the connection when `createIndexes`
+    /// names an index that already exists.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let models = MongoNames::INDEXES.iter().map(|(name, keys)| {
+        let existing = match self.votes.list_index_names().await {
+            Ok(names) => names,
+            // A collection that does not exist yet has no indexes.
+            Err(err) if matches!(err.kind.as_ref(), ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) => Vec::new(),
+            Err(err) => return Err(err),
+        };
+        let missing: Vec<_> = MongoNames::INDEXES.iter().filter(|(name, _)| !existing.iter().any(|e| e == name)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let models = missing.into_iter().map(|(name, keys)| {
             let keys: Document = keys.iter().map(|(field, order)| ((*field).to_owned(), (*order).into())).collect();
             IndexModel::builder().keys(keys).options(IndexOptions::builder().name((*name).to_owned()).build()).build()
         });

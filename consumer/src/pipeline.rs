@@ -25,7 +25,8 @@ use bandvote_domain::VoteEvent;
 use rdkafka::{
     ClientContext, Message, Statistics, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
-    error::KafkaResult,
+    error::{KafkaError, KafkaResult},
+    types::RDKafkaErrorCode,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +140,7 @@ impl Pipeline {
         }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("offsets committed"),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => tracing::info!("no new offsets to commit"),
             Err(err) => tracing::warn!(error = %err, "final commit failed; the uncommitted records will be redelivered"),
         }
         self.consumer.unsubscribe();

@@ -90,13 +90,14 @@ impl Pipeline {
     }
 
     /// Starts a consumer as a separate process.
-    fn spawn_consumer(&self) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_bandvote-consumer"))
+    fn spawn_consumer(&self) -> Replica {
+        let child = Command::new(env!("CARGO_BIN_EXE_bandvote-consumer"))
             .args(self.consumer_args())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
-            .expect("the consumer binary starts")
+            .expect("the consumer binary starts");
+        Replica(child)
     }
 
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
@@ -141,6 +142,32 @@ impl Pipeline {
         self.stop.cancel();
         self.vote_log().await.drop_database().await;
         bandvote_testkit::clear_redis(&self.services.redis_url, &self.prefix).await;
+    }
+}
+
+/// A consumer process, killed if the test ends without stopping it.
+struct Replica(Child);
+
+impl Replica {
+    fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("the killed consumer is reaped");
+    }
+
+    /// Stops the consumer with SIGTERM, as Kubernetes does, and returns how it exited.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status().expect("kill runs");
+        assert!(status.success(), "SIGTERM sent");
+        self.0.wait().expect("the consumer exits")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -303,5 +330,93 @@ async fn the_same_vote_id_counts_once_on_any_route() {
     assert_eq!(tallies, tallies_after);
     expected.check(&tallies, &logged);
     consumer.cancel();
+    pipeline.finish().await;
+}
+
+/// Sends `batches` HTTP batches of `size` votes, `pause` apart, plus one single vote after each;
+/// returns what was accepted. Every request must be accepted.
+fn send_load(pipeline: &Pipeline, batches: usize, size: usize, pause: Duration) -> tokio::task::JoinHandle<Expected> {
+    let (client, base) = (pipeline.http_client.clone(), format!("http://{}", pipeline.http));
+    tokio::spawn(async move {
+        let mut expected = Expected::default();
+        let mut n = 0;
+        for _ in 0..batches {
+            let numbers: Vec<usize> = (n..n + size).collect();
+            n += size;
+            let body = json!(numbers.iter().map(|&i| json_vote(i)).collect::<Vec<_>>());
+            let reply: Value = client.post(format!("{base}/votes/batch")).json(&body).send().await.expect("ingest answers").json().await.expect("JSON");
+            let ids = reply["vote_ids"].as_array().unwrap_or_else(|| panic!("batch refused: {reply}"));
+            for (&i, id) in numbers.iter().zip(ids) {
+                expected.add(id.as_str().expect("id"), i, "http");
+            }
+            let response = client.post(format!("{base}/rust/send_data")).json(&json_vote(n)).send().await.expect("ingest answers");
+            let reply: Value = response.json().await.expect("JSON");
+            expected.add(reply["vote_id"].as_str().unwrap_or_else(|| panic!("vote refused: {reply}")), n, "http");
+            n += 1;
+            tokio::time::sleep(pause).await;
+        }
+        expected
+    })
+}
+
+async fn counted(pipeline: &Pipeline) -> u64 {
+    read_tallies(&pipeline.services.redis_url, &pipeline.prefix).await.total
+}
+
+/// Waits until the consumers counted more than `than` votes.
+async fn progress_beyond(pipeline: &Pipeline, than: u64) -> u64 {
+    wait_for(&format!("more than {than} votes counted"), Duration::from_secs(60), || async {
+        let now = counted(pipeline).await;
+        if now > than { Ok(now) } else { Err(format!("{now} counted")) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_killed_with_sigkill_mid_stream_counts_exactly() {
+    let pipeline = Pipeline::start("sigkill").await;
+    let load = send_load(&pipeline, 150, 20, Duration::from_millis(100));
+    let mut consumer = pipeline.spawn_consumer();
+    let mut seen = 0;
+    let mut counted_at_kills = Vec::new();
+    for _ in 0..3 {
+        seen = progress_beyond(&pipeline, seen).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        consumer.kill();
+        counted_at_kills.push(counted(&pipeline).await);
+        consumer = pipeline.spawn_consumer();
+    }
+    let expected = load.await.expect("the load finished");
+    for at_kill in &counted_at_kills {
+        assert!(*at_kill < expected.total(), "a kill came after everything was counted: {counted_at_kills:?}");
+    }
+    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(90)).await;
+    let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(60)).await;
+    expected.check(&tallies, &logged);
+    consumer.kill();
+    pipeline.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_scaled_from_2_to_5_and_back_count_exactly() {
+    let pipeline = Pipeline::start("scale").await;
+    let load = send_load(&pipeline, 150, 20, Duration::from_millis(100));
+    let mut consumers: Vec<Replica> = (0..2).map(|_| pipeline.spawn_consumer()).collect();
+    let seen = progress_beyond(&pipeline, 0).await;
+    consumers.extend((0..3).map(|_| pipeline.spawn_consumer()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = progress_beyond(&pipeline, seen).await;
+    for mut consumer in consumers.drain(2..) {
+        let status = consumer.terminate();
+        assert!(status.success(), "a consumer stopped by SIGTERM exits cleanly, got {status}");
+    }
+    progress_beyond(&pipeline, seen).await;
+    let expected = load.await.expect("the load finished");
+    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(90)).await;
+    let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(60)).await;
+    expected.check(&tallies, &logged);
+    for mut consumer in consumers {
+        assert!(consumer.terminate().success());
+    }
     pipeline.finish().await;
 }
