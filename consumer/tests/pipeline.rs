@@ -33,18 +33,24 @@ struct Pipeline {
 
 impl Pipeline {
     async fn start(name: &str) -> Self {
-        let services = Services::local();
         let id = unique(name);
-        let topic = format!("votes-{id}");
-        let config = bandvote_ingest::Config::parse_from([
-            "bandvote-ingest",
-            "--port=0",
-            "--grpc-port=0",
-            "--kafka-brokers",
-            &services.kafka_brokers,
-            "--kafka-topic",
-            &topic,
-        ]);
+        Pipeline::start_with(&id, Services::local(), format!("votes-{id}"), &[]).await
+    }
+
+    async fn start_with(id: &str, services: Services, topic: String, ingest_args: &[&str]) -> Self {
+        bandvote_ops::telemetry::init_logs(&bandvote_ops::config::TelemetryArgs {
+            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            format: "text".into(),
+        });
+        let mut args = vec![
+            "bandvote-ingest".to_owned(),
+            "--port=0".into(),
+            "--grpc-port=0".into(),
+            format!("--kafka-brokers={}", services.kafka_brokers),
+            format!("--kafka-topic={topic}"),
+        ];
+        args.extend(ingest_args.iter().map(|a| (*a).to_owned()));
+        let config = bandvote_ingest::Config::parse_from(args);
         let ingest = bandvote_ingest::Ingest::build(config).await.expect("ingest starts");
         let (http, grpc) = (ingest.http_addr(), ingest.grpc_addr().expect("the gRPC route is served"));
         let stop = CancellationToken::new();
@@ -79,14 +85,14 @@ impl Pipeline {
         .to_vec()
     }
 
-    /// Runs a consumer in this process until the returned token is cancelled.
-    async fn consume_in_process(&self) -> CancellationToken {
+    /// Runs a consumer in this process until it is stopped.
+    async fn consume_in_process(&self) -> InProcess {
         let args = std::iter::once("bandvote-consumer".to_owned()).chain(self.consumer_args());
         let config = bandvote_consumer::Config::parse_from(args);
         let service = bandvote_consumer::ConsumerService::build(config).await.expect("consumer starts");
         let stop = CancellationToken::new();
-        tokio::spawn(service.run_until_stopped(stop.clone()));
-        stop
+        let task = tokio::spawn(service.run_until_stopped(stop.clone()));
+        InProcess { stop, task }
     }
 
     /// Starts a consumer as a separate process.
@@ -101,7 +107,14 @@ impl Pipeline {
     }
 
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self.http_client.post(format!("http://{}{path}", self.http)).json(body).send().await.expect("ingest answers");
+        let response = self
+            .http_client
+            .post(format!("http://{}{path}", self.http))
+            .json(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("ingest answers");
         let status = response.status().as_u16();
         (status, response.json().await.expect("every reply is JSON"))
     }
@@ -142,6 +155,20 @@ impl Pipeline {
         self.stop.cancel();
         self.vote_log().await.drop_database().await;
         bandvote_testkit::clear_redis(&self.services.redis_url, &self.prefix).await;
+    }
+}
+
+/// A consumer running in the test's process.
+struct InProcess {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// Stops the consumer as SIGTERM would and waits until it committed and left the group.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("the consumer task ends").expect("the consumer stops cleanly");
     }
 }
 
@@ -290,7 +317,7 @@ async fn every_entry_point_counts_exactly_once_in_redis_and_mongodb() {
     for (album, average) in &tallies.rank_avg {
         assert!((0.0..=100.0).contains(average), "average rank of {album} is {average}");
     }
-    consumer.cancel();
+    consumer.stop().await;
     pipeline.finish().await;
 }
 
@@ -329,7 +356,7 @@ async fn the_same_vote_id_counts_once_on_any_route() {
     let tallies_after = read_tallies(&pipeline.services.redis_url, &pipeline.prefix).await;
     assert_eq!(tallies, tallies_after);
     expected.check(&tallies, &logged);
-    consumer.cancel();
+    consumer.stop().await;
     pipeline.finish().await;
 }
 
@@ -418,5 +445,132 @@ async fn consumers_scaled_from_2_to_5_and_back_count_exactly() {
     for mut consumer in consumers {
         assert!(consumer.terminate().success());
     }
+    pipeline.finish().await;
+}
+
+/// A Kafka broker of this test's own, in a temporary folder, that the test stops and restarts.
+struct PrivateBroker {
+    dir: std::path::PathBuf,
+    port: u16,
+    controller_port: u16,
+    process: Option<Child>,
+}
+
+impl PrivateBroker {
+    fn start() -> Self {
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+        let dir = std::env::temp_dir().join(unique("broker"));
+        let mut broker = PrivateBroker { dir, port: free_port(), controller_port: free_port(), process: None };
+        broker.restart();
+        broker
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker on its folder and waits until it takes connections.
+    fn restart(&mut self) {
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.out", self.dir.display()))).expect("log file");
+        let child = Command::new(bandvote_testkit::repo_root().join("dev/services"))
+            .args(["kafka-foreground", &self.dir.display().to_string(), &self.port.to_string(), &self.controller_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dev/services kafka-foreground starts");
+        self.process = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::net::TcpStream::connect(self.address()).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the private broker did not start; see {}", self.dir.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the broker with SIGTERM and waits for it to exit.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_down_is_refused_in_bounded_time_and_recovery_needs_no_restart() {
+    let mut broker = PrivateBroker::start();
+    let services = Services { kafka_brokers: broker.address(), ..Services::local() };
+    // The broker takes connections a little before it can create topics.
+    let kafka = bandvote_ops::config::KafkaArgs {
+        brokers: broker.address(),
+        topic: format!("votes-{}", unique("kafka-down")),
+        partitions: 6,
+        replication_factor: 1,
+        create_topics: true,
+    };
+    wait_for("the private broker to create topics", Duration::from_secs(60), || async {
+        bandvote_ops::topics::ensure(&kafka).await.map_err(|e| e.to_string())
+    })
+    .await;
+    let bound = Duration::from_secs(2);
+    let id = unique("kafka-down");
+    let pipeline = Pipeline::start_with(&id, services, kafka.topic.clone(), &["--kafka-produce-timeout=2s"]).await;
+    let consumer = pipeline.consume_in_process().await;
+    let mut grpc = pipeline.votes_client().await;
+    let mut expected = Expected::default();
+    eprintln!("kafka-down: pipeline started");
+    for i in 0..10 {
+        let (status, reply) = pipeline.post(if i % 2 == 0 { "/votes" } else { "/grpc/insert" }, &json_vote(i)).await;
+        expected.add(&accepted_id(status, &reply), i, if i % 2 == 0 { "http" } else { "grpc" });
+    }
+
+    eprintln!("kafka-down: 10 votes accepted; stopping the broker");
+    broker.stop();
+    eprintln!("kafka-down: broker stopped");
+    let slack = Duration::from_millis(500);
+    for (n, path) in ["/votes", "/rust/send_data", "/grpc/insert", "/votes/batch"].into_iter().enumerate() {
+        let body = if path == "/votes/batch" { json!([json_vote(100 + n), json_vote(200 + n)]) } else { json_vote(100 + n) };
+        let started = std::time::Instant::now();
+        let (status, reply) = pipeline.post(path, &body).await;
+        let took = started.elapsed();
+        assert_eq!((status, reply["error"]["code"].as_str()), (503, Some("unavailable")), "{path} with Kafka down: {reply}");
+        if path == "/votes/batch" {
+            assert_eq!(reply["error"]["failed"].as_array().map(Vec::len), Some(2), "{reply}");
+        } else if path != "/grpc/insert" {
+            assert!(reply["error"]["vote_id"].is_string(), "a refused vote names its id for a safe retry: {reply}");
+        }
+        assert!(took <= bound + slack, "{path} took {took:?} to refuse, more than the {bound:?} bound");
+    }
+    let started = std::time::Instant::now();
+    let status = grpc.cast(proto_vote(300)).await.expect_err("refused while Kafka is down");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() <= bound + slack, "gRPC took {:?} to refuse", started.elapsed());
+
+    eprintln!("kafka-down: refusals checked; restarting the broker");
+    broker.restart();
+    eprintln!("kafka-down: broker restarted");
+    // Ingest was not restarted: it must accept again by itself.
+    let (status, reply) = wait_for("ingest to accept votes again", Duration::from_secs(90), || async {
+        let (status, reply) = pipeline.post("/votes", &json_vote(400)).await;
+        if status == 200 { Ok((status, reply)) } else { Err(reply.to_string()) }
+    })
+    .await;
+    expected.add(&accepted_id(status, &reply), 400, "http");
+    let reply = grpc.cast(proto_vote(401)).await.expect("gRPC accepts again");
+    expected.add(&reply.get_ref().vote_id, 401, "grpc");
+
+    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(90)).await;
+    let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(60)).await;
+    expected.check(&tallies, &logged);
+    consumer.stop().await;
     pipeline.finish().await;
 }

@@ -15,8 +15,10 @@ use crate::publisher::{PublishError, Publisher};
 pub enum CastError {
     #[error("{0}")]
     Invalid(#[from] InvalidVote),
-    #[error("{0}")]
-    Unavailable(#[from] PublishError),
+    /// Not accepted; the vote may still reach Kafka late, so a client that re-sends it should
+    /// send this `vote_id` with it to have it counted once.
+    #[error("{error}")]
+    Unavailable { vote_id: VoteId, error: PublishError },
 }
 
 /// Why a batch was not accepted whole.
@@ -66,9 +68,9 @@ impl Caster {
                 accepted(route, 1);
                 Ok(event.vote_id)
             }
-            Err(err) => {
+            Err(error) => {
                 rejected(route, "unavailable", 1);
-                Err(err.into())
+                Err(CastError::Unavailable { vote_id: event.vote_id, error })
             }
         }
     }

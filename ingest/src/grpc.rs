@@ -56,7 +56,9 @@ fn batch_status(err: BatchError) -> Status {
 fn status(err: CastError) -> Status {
     match err {
         CastError::Invalid(err) => invalid(err),
-        CastError::Unavailable(err) => Status::unavailable(err.to_string()),
+        CastError::Unavailable { vote_id, error } => {
+            Status::unavailable(format!("{error}; try again with vote_id {vote_id}"))
+        }
     }
 }
 

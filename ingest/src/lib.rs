@@ -60,7 +60,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_ROUTES", value_delimiter = ',', default_value = "grpc,http")]
     pub routes: Vec<Serve>,
     /// Longest wait for Kafka's acknowledgement before answering 503 / UNAVAILABLE.
-    #[arg(long, env = "KAFKA_PRODUCE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "kafka-produce-timeout", env = "KAFKA_PRODUCE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub produce_timeout: Duration,
     /// JSON file of the contest's bands and albums; when set, other candidates are refused.
     #[arg(long, env = "ROSTER_FILE")]
@@ -70,7 +70,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most votes in one batch (HTTP or gRPC).
     #[arg(long, env = "MAX_BATCH_VOTES", default_value_t = 1000)]
-    pub max_batch: usize,
+    pub max_batch_votes: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -139,7 +139,7 @@ impl Ingest {
 
         let mut router = Router::new();
         if config.routes.contains(&Serve::Http) {
-            let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch };
+            let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch_votes };
             router = router.merge(http::router(caster.clone(), limits));
         }
         if let Some(target) = &front_target {
@@ -166,7 +166,7 @@ impl Ingest {
         tracing::info!(%http_addr, grpc_addr = ?grpc_addr, routes = ?config.routes, "ingest listening");
 
         let grpc_server = grpc.map(|listener| {
-            let service = VoteService::new(caster.clone(), config.max_batch);
+            let service = VoteService::new(caster.clone(), config.max_batch_votes);
             let stopped = shutdown.clone();
             async move {
                 let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -21,8 +21,10 @@ const QUEUE_WAIT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("Kafka did not acknowledge the vote in time ({0})")]
+    #[error("Kafka did not acknowledge the vote ({0})")]
     Unavailable(KafkaError),
+    #[error("Kafka did not acknowledge the vote within {0:?}")]
+    TimedOut(Duration),
     #[error("the ingest queue to Kafka is full; try again shortly")]
     QueueFull,
 }
@@ -55,10 +57,14 @@ impl Publisher {
         let started = Instant::now();
         let payload = event.encode();
         let record = FutureRecord::to(&self.topic).key(event.key()).payload(&payload);
-        let outcome = match self.producer.send(record, Timeout::After(QUEUE_WAIT)).await {
-            Ok(_) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
-            Err((err, _)) => Err(PublishError::Unavailable(err)),
+        // librdkafka checks `message.timeout.ms` about once a second; the outer timeout keeps the
+        // answer within the configured bound itself.
+        let delivery = self.producer.send(record, Timeout::After(QUEUE_WAIT));
+        let outcome = match tokio::time::timeout(self.timeout, delivery).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))) => Err(PublishError::QueueFull),
+            Ok(Err((err, _))) => Err(PublishError::Unavailable(err)),
+            Err(_) => Err(PublishError::TimedOut(self.timeout)),
         };
         let result = if outcome.is_ok() { "ok" } else { "error" };
         metrics::histogram!("bandvote_ingest_produce_latency_seconds", "result" => result)

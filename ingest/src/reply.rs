@@ -60,7 +60,10 @@ impl From<CastError> for ApiError {
     fn from(err: CastError) -> Self {
         match err {
             CastError::Invalid(invalid) => invalid.into(),
-            CastError::Unavailable(err) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", err.to_string()),
+            CastError::Unavailable { vote_id, error } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{error}; try again with this vote_id"))
+                    .with_details(json!({ "vote_id": vote_id.as_str() }))
+            }
         }
     }
 }

@@ -1,0 +1,215 @@
+//! Ingest against the real local Kafka: what it refuses, how it refuses it, and that nothing it
+//! refused reaches Kafka.
+
+use std::net::SocketAddr;
+
+use bandvote_domain::VoteEvent;
+use bandvote_proto::v1::{Vote, votes_client::VotesClient};
+use bandvote_testkit::{BANDS, Services, read_topic, unique};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Ingest {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    topic: String,
+    brokers: String,
+    stop: CancellationToken,
+    client: reqwest::Client,
+}
+
+impl Ingest {
+    async fn start(name: &str, extra: &[&str]) -> Self {
+        let services = Services::local();
+        let topic = format!("votes-{}", unique(name));
+        let mut args = vec![
+            "bandvote-ingest".to_owned(),
+            "--port=0".into(),
+            "--grpc-port=0".into(),
+            format!("--kafka-brokers={}", services.kafka_brokers),
+            format!("--kafka-topic={topic}"),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let ingest = bandvote_ingest::Ingest::build(bandvote_ingest::Config::parse_from(args)).await.expect("ingest starts");
+        let (http, grpc) = (ingest.http_addr(), ingest.grpc_addr().expect("gRPC served"));
+        let stop = CancellationToken::new();
+        tokio::spawn(ingest.run_until_stopped(stop.clone()));
+        Ingest { http, grpc, topic, brokers: services.kafka_brokers, stop, client: reqwest::Client::new() }
+    }
+
+    async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("http://{}{path}", self.http))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("ingest answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply to {path} is not JSON: {text}")))
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn roster_file() -> std::path::PathBuf {
+    let bands: Vec<Value> = BANDS.iter().map(|(name, albums)| json!({"name": name, "albums": albums})).collect();
+    let path = std::env::temp_dir().join(format!("{}.json", unique("roster")));
+    std::fs::write(&path, json!({"bands": bands}).to_string()).expect("roster written");
+    path
+}
+
+/// The field errors of an error reply, as `field: problem` lines.
+fn field_problems(reply: &Value) -> Vec<String> {
+    reply["error"]["fields"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no field errors in {reply}"))
+        .iter()
+        .map(|f| format!("{}: {}", f["field"].as_str().expect("field"), f["problem"].as_str().expect("problem")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_input_gets_its_clear_error_and_nothing_of_it_reaches_kafka() {
+    let roster = roster_file();
+    let ingest = Ingest::start("bad-input", &[&format!("--roster-file={}", roster.display()), "--max-body-bytes=4096", "--max-batch-votes=10"]).await;
+    let good = json!({"name": "Alux Nahual", "album": "Conquista", "year": "1990", "rank": "9.5"});
+    let with = |field: &str, value: Value| {
+        let mut vote = good.clone();
+        vote[field] = value;
+        vote
+    };
+    let without = |field: &str| {
+        let mut vote = good.clone();
+        vote.as_object_mut().expect("object").remove(field);
+        vote
+    };
+    // (vote, the field errors expected) for both JSON entry points.
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (without("name"), vec!["name: is required"]),
+        (without("rank"), vec!["rank: is required"]),
+        (with("album", json!("")), vec!["album: must not be empty"]),
+        (with("name", json!("   ")), vec!["name: must not be empty"]),
+        (with("name", json!(42)), vec!["name: must be a string, got a number"]),
+        (with("year", json!(true)), vec!["year: must be a string or a number, got boolean"]),
+        (with("album", json!("x".repeat(101))), vec!["album: must be at most 100 characters, got 101"]),
+        (with("year", json!("nineteen")), vec!["year: must be a whole number such as \"1997\", got \"nineteen\""]),
+        (with("rank", json!("9,5")), vec!["rank: must be a decimal number such as \"9.5\", got \"9,5\""]),
+        (with("rank", json!("-1")), vec!["rank: must be a decimal number such as \"9.5\", got \"-1\""]),
+        (with("year", json!(1492)), vec!["year: must be between 1900 and 2100"]),
+        (with("vote_id", json!("has spaces")), vec!["vote_id: may contain only letters, digits, '.', '_', ':' and '-'"]),
+        (with("name", json!("Unknown Band")), vec!["name: \"Unknown Band\" is not a band in this contest"]),
+        (with("album", json!("Mil palabras")), vec!["album: \"Mil palabras\" is not an album of \"Alux Nahual\" in this contest"]),
+        (json!({"name": 1, "album": null, "year": "x", "rank": []}), vec![
+            "name: must be a string, got a number",
+            "album: must be a string, got null",
+            "year: must be a whole number such as \"1997\", got \"x\"",
+            "rank: must be a string or a number, got array",
+        ]),
+        (json!(["not", "a", "vote"]), vec!["vote: must be a JSON object, got array"]),
+    ];
+    for path in ["/votes", "/rust/send_data", "/grpc/insert"] {
+        for (vote, expected) in &cases {
+            let (status, reply) = ingest.post(path, vote).await;
+            assert_eq!(status, 400, "{path} {vote}: {reply}");
+            if path == "/grpc/insert" && expected[0].contains("in this contest") {
+                // The roster is the gRPC server's to check: its message comes back whole.
+                assert_eq!(reply["error"]["message"], expected[0], "{path} {vote}");
+            } else {
+                assert_eq!(field_problems(&reply), *expected, "{path} {vote}");
+                assert_eq!(reply["error"]["code"], "invalid_vote");
+            }
+        }
+        let (status, reply) = ingest.post_raw(path, "{\"name\": \"Alux").await;
+        assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("malformed_json")), "{path}: {reply}");
+        assert!(reply["error"]["message"].as_str().expect("message").starts_with("the body is not valid JSON"), "{reply}");
+        let (status, reply) = ingest.post_raw(path, format!("{{\"name\": \"{}\"}}", "a".repeat(5000))).await;
+        assert_eq!((status, reply["error"]["code"].as_str()), (413, Some("body_too_large")), "{path}: {reply}");
+    }
+    // A batch is checked whole; one bad vote refuses it, naming each bad one by index.
+    let (status, reply) = ingest.post("/votes/batch", &json!([good, without("year"), with("rank", json!("abc"))])).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["message"], "2 of 3 votes are invalid; nothing was accepted");
+    assert_eq!(reply["error"]["votes"][0]["index"], 1);
+    assert_eq!(reply["error"]["votes"][1]["fields"][0]["field"], "rank");
+    let (status, reply) = ingest.post("/votes/batch", &json!(vec![good.clone(); 11])).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (413, Some("batch_too_large")), "{reply}");
+    let (status, reply) = ingest.post("/votes/batch", &json!({"ballots": []})).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("malformed_json")), "{reply}");
+    // Errors for paths and methods are JSON too.
+    let (status, reply) = ingest.post("/nowhere", &good).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")));
+    let response = ingest.client.get(format!("http://{}/votes", ingest.http)).send().await.expect("answers");
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.json::<Value>().await.expect("JSON")["error"]["code"], "method_not_allowed");
+
+    // gRPC: INVALID_ARGUMENT naming the fields.
+    let mut grpc = VotesClient::connect(format!("http://{}", ingest.grpc)).await.expect("gRPC connects");
+    let vote = Vote { name: "Alux Nahual".into(), album: "Conquista".into(), year: "1990".into(), rank: "9.5".into(), ..Vote::default() };
+    for (bad, message) in [
+        (Vote { name: String::new(), ..vote.clone() }, "name: is required"),
+        (Vote { year: "199O".into(), ..vote.clone() }, "year: must be a whole number such as \"1997\", got \"199O\""),
+        (Vote { rank: "high".into(), year: "3000".into(), ..vote.clone() }, "year: must be between 1900 and 2100; rank: must be a decimal number such as \"9.5\", got \"high\""),
+        (Vote { name: "Nobody".into(), ..vote.clone() }, "name: \"Nobody\" is not a band in this contest"),
+    ] {
+        let status = grpc.cast(bad).await.expect_err("refused");
+        assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, message));
+    }
+    let status = grpc
+        .cast_batch(tokio_stream::iter(vec![vote.clone(), Vote { album: String::new(), ..vote.clone() }]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "1 of 2 votes are invalid; nothing was accepted: vote 1: album: is required");
+    let big = Vote { voter_id: "x".repeat(70 * 1024), ..vote.clone() };
+    assert_eq!(grpc.cast(big).await.expect_err("too large").code(), tonic::Code::OutOfRange);
+
+    // One good vote last: the topic must hold it and nothing else.
+    let (status, reply) = ingest.post("/votes", &with("vote_id", json!("the-only-good-one"))).await;
+    assert_eq!(status, 200, "{reply}");
+    let records = read_topic(&ingest.brokers, &ingest.topic);
+    assert_eq!(records.len(), 1, "only the valid vote reached Kafka");
+    let event = VoteEvent::decode(records[0].1.as_deref()).expect("a vote event");
+    assert_eq!(event.vote_id.as_str(), "the-only-good-one");
+    assert_eq!(records[0].0.as_deref(), Some(&b"the-only-good-one"[..]), "the record key is the vote id");
+    let _ = std::fs::remove_file(roster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_reflection_answer() {
+    let ingest = Ingest::start("ops", &[]).await;
+    let get = |path: &str| ingest.client.get(format!("http://{}{path}", ingest.http)).send();
+    assert_eq!(get("/healthz").await.expect("answers").status().as_u16(), 200);
+    let ready = get("/readyz").await.expect("answers");
+    assert_eq!(ready.status().as_u16(), 200, "{:?}", ready.text().await);
+    let (status, _) = ingest.post("/votes", &json!({"name": "A", "album": "B", "year": "1997", "rank": "1"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = ingest.post("/votes", &json!({"name": "A"})).await;
+    assert_eq!(status, 400);
+    let metrics = get("/metrics").await.expect("answers").text().await.expect("text");
+    for line in [
+        "bandvote_ingest_votes_accepted_total{route=\"http\"}",
+        "bandvote_ingest_votes_rejected_total{route=\"http\",reason=\"invalid\"}",
+        "bandvote_ingest_produce_latency_seconds_bucket",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
+    }
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", ingest.grpc)).expect("URI").connect().await.expect("connects");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "bandvote.v1.Votes".into() })
+        .await
+        .expect("health answers");
+    assert_eq!(reply.get_ref().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
