@@ -150,7 +150,8 @@ impl ConsumerService {
             })
         });
         let stopped = shutdown.clone();
-        let ops = axum::serve(listener, health::routes(ready)).with_graceful_shutdown(async move { stopped.cancelled().await });
+        let ops = axum::serve(listener, health::routes(ready))
+            .with_graceful_shutdown(async move { stopped.cancelled().await });
         tracing::info!(addr = %ops.local_addr()?, topic = %pipeline.topic, "consumer started");
         let ops = tokio::spawn(ops.into_future());
         pipeline.run(shutdown.clone()).await.context("the Kafka consumer failed")?;

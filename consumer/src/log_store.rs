@@ -46,10 +46,13 @@ impl LogStore {
         let existing = match self.votes.list_index_names().await {
             Ok(names) => names,
             // A collection that does not exist yet has no indexes.
-            Err(err) if matches!(err.kind.as_ref(), ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) => Vec::new(),
+            Err(err) if matches!(err.kind.as_ref(), ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) => {
+                Vec::new()
+            }
             Err(err) => return Err(err),
         };
-        let missing: Vec<_> = MongoNames::INDEXES.iter().filter(|(name, _)| !existing.iter().any(|e| e == name)).collect();
+        let missing: Vec<_> =
+            MongoNames::INDEXES.iter().filter(|(name, _)| !existing.iter().any(|e| e == name)).collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -70,11 +73,11 @@ impl LogStore {
         match self.votes.insert_many(documents).ordered(false).await {
             Ok(result) => Ok(result.inserted_ids.len() as u64),
             Err(err) => match err.kind.as_ref() {
-                ErrorKind::InsertMany(InsertManyError { write_errors: Some(errors), write_concern_error: None, .. })
-                    if errors.iter().all(|e| e.code == DUPLICATE_KEY) =>
-                {
-                    Ok((votes.len() - errors.len()) as u64)
-                }
+                ErrorKind::InsertMany(InsertManyError {
+                    write_errors: Some(errors),
+                    write_concern_error: None,
+                    ..
+                }) if errors.iter().all(|e| e.code == DUPLICATE_KEY) => Ok((votes.len() - errors.len()) as u64),
                 _ => Err(err),
             },
         }

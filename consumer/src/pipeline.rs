@@ -112,7 +112,13 @@ impl Pipeline {
         self.consumer.subscribe(&[&self.topic])?;
         let (queue, pending) = mpsc::channel(self.batching.log_queue_batches.max(1));
         let writer_stop = CancellationToken::new();
-        let writer = tokio::spawn(log_writer(pending, self.log.clone(), self.consumer.clone(), self.topic.clone(), writer_stop.clone()));
+        let writer = tokio::spawn(log_writer(
+            pending,
+            self.log.clone(),
+            self.consumer.clone(),
+            self.topic.clone(),
+            writer_stop.clone(),
+        ));
 
         loop {
             let records = tokio::select! {
@@ -141,7 +147,9 @@ impl Pipeline {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("offsets committed"),
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => tracing::info!("no new offsets to commit"),
-            Err(err) => tracing::warn!(error = %err, "final commit failed; the uncommitted records will be redelivered"),
+            Err(err) => {
+                tracing::warn!(error = %err, "final commit failed; the uncommitted records will be redelivered")
+            }
         }
         self.consumer.unsubscribe();
         Ok(())
@@ -161,7 +169,8 @@ impl Pipeline {
                 Err(err) => {
                     let reason = err.to_string();
                     tracing::warn!(partition = record.partition, offset = record.offset, %reason, "record is not a vote; dead-lettering it");
-                    retry("dead-letter topic", shutdown, || self.dead_letters.send(&self.topic, &record, &reason)).await?;
+                    retry("dead-letter topic", shutdown, || self.dead_letters.send(&self.topic, &record, &reason))
+                        .await?;
                     dead.push(format!("{}:{}:{}", self.topic, record.partition, record.offset));
                 }
             }
@@ -173,7 +182,12 @@ impl Pipeline {
         metrics::counter!("bandvote_consumer_votes_counted_total").increment(applied.counted);
         metrics::counter!("bandvote_consumer_votes_duplicate_total").increment(applied.duplicates);
         metrics::counter!("bandvote_consumer_dead_letters_total").increment(applied.dead_letters);
-        tracing::debug!(votes = events.len(), counted = applied.counted, duplicates = applied.duplicates, "batch counted");
+        tracing::debug!(
+            votes = events.len(),
+            counted = applied.counted,
+            duplicates = applied.duplicates,
+            "batch counted"
+        );
         Some(LogBatch { votes, next_offsets })
     }
 }

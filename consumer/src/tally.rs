@@ -117,6 +117,10 @@ impl Tally {
     }
 
     pub async fn ping(&self) -> Result<(), String> {
-        redis::cmd("PING").query_async::<String>(&mut self.redis.clone()).await.map(drop).map_err(|e| format!("redis: {e}"))
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.redis.clone())
+            .await
+            .map(drop)
+            .map_err(|e| format!("redis: {e}"))
     }
 }

@@ -91,8 +91,9 @@ impl Pipeline {
         let config = bandvote_consumer::Config::parse_from(args);
         let service = bandvote_consumer::ConsumerService::build(config).await.expect("consumer starts");
         let stop = CancellationToken::new();
+        let addr = service.addr();
         let task = tokio::spawn(service.run_until_stopped(stop.clone()));
-        InProcess { stop, task }
+        InProcess { stop, task, addr }
     }
 
     /// Starts a consumer as a separate process.
@@ -162,6 +163,8 @@ impl Pipeline {
 struct InProcess {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Where its `/healthz`, `/readyz` and `/metrics` are.
+    addr: SocketAddr,
 }
 
 impl InProcess {
@@ -271,7 +274,10 @@ async fn every_entry_point_counts_exactly_once_in_redis_and_mongodb() {
         expected.add(&reply.get_ref().vote_id, i, "grpc");
     }
     let batch: Vec<usize> = (0..7).map(|_| next()).collect();
-    let reply = grpc.cast_batch(tokio_stream::iter(batch.iter().map(|&i| proto_vote(i)).collect::<Vec<_>>())).await.expect("gRPC batch accepted");
+    let reply = grpc
+        .cast_batch(tokio_stream::iter(batch.iter().map(|&i| proto_vote(i)).collect::<Vec<_>>()))
+        .await
+        .expect("gRPC batch accepted");
     assert_eq!(reply.get_ref().accepted, 7);
     for (&i, id) in batch.iter().zip(&reply.get_ref().vote_ids) {
         expected.add(id, i, "grpc");
@@ -298,10 +304,12 @@ async fn every_entry_point_counts_exactly_once_in_redis_and_mongodb() {
     // Numbers for year and rank, as newer clients send them.
     let i = next();
     let (name, album, _, _) = vote(i);
-    let (status, reply) = pipeline.post("/votes", &json!({"name": name, "album": album, "year": 1997, "rank": 9.5})).await;
+    let (status, reply) =
+        pipeline.post("/votes", &json!({"name": name, "album": album, "year": 1997, "rank": 9.5})).await;
     expected.add(&accepted_id(status, &reply), i, "http");
     let batch: Vec<usize> = (0..9).map(|_| next()).collect();
-    let (status, reply) = pipeline.post("/votes/batch", &json!({"votes": batch.iter().map(|&i| json_vote(i)).collect::<Vec<_>>()})).await;
+    let (status, reply) =
+        pipeline.post("/votes/batch", &json!({"votes": batch.iter().map(|&i| json_vote(i)).collect::<Vec<_>>()})).await;
     assert_eq!(status, 200, "batch refused: {reply}");
     for (&i, id) in batch.iter().zip(reply["vote_ids"].as_array().expect("batch ids")) {
         expected.add(id.as_str().expect("id"), i, "http");
@@ -316,6 +324,19 @@ async fn every_entry_point_counts_exactly_once_in_redis_and_mongodb() {
     }
     for (album, average) in &tallies.rank_avg {
         assert!((0.0..=100.0).contains(average), "average rank of {album} is {average}");
+    }
+    let get = |path: &str| pipeline.http_client.get(format!("http://{}{path}", consumer.addr)).send();
+    assert_eq!(get("/healthz").await.expect("answers").status().as_u16(), 200);
+    assert_eq!(get("/readyz").await.expect("answers").status().as_u16(), 200);
+    let metrics = get("/metrics").await.expect("answers").text().await.expect("text");
+    for name in [
+        "bandvote_consumer_votes_counted_total",
+        "bandvote_consumer_votes_logged_total",
+        "bandvote_consumer_batch_size_bucket",
+        "bandvote_consumer_redis_write_seconds_bucket",
+        "bandvote_consumer_mongo_write_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "consumer metrics lack {name}:\n{metrics}");
     }
     consumer.stop().await;
     pipeline.finish().await;
@@ -338,7 +359,8 @@ async fn the_same_vote_id_counts_once_on_any_route() {
     }
     let reply = grpc.cast(Vote { vote_id: "phone-502-1".into(), ..proto_vote(1) }).await.expect("accepted");
     assert_eq!(reply.get_ref().vote_id, "phone-502-1");
-    let (status, reply) = pipeline.post("/votes/batch", &json!([with_id(2, "phone-502-2"), with_id(2, "phone-502-2")])).await;
+    let (status, reply) =
+        pipeline.post("/votes/batch", &json!([with_id(2, "phone-502-2"), with_id(2, "phone-502-2")])).await;
     assert_eq!(status, 200, "{reply}");
     // A vote that was not re-sent, to know when everything before it was consumed.
     let (status, reply) = pipeline.post("/votes", &with_id(3, "phone-502-3")).await;
@@ -371,12 +393,21 @@ fn send_load(pipeline: &Pipeline, batches: usize, size: usize, pause: Duration) 
             let numbers: Vec<usize> = (n..n + size).collect();
             n += size;
             let body = json!(numbers.iter().map(|&i| json_vote(i)).collect::<Vec<_>>());
-            let reply: Value = client.post(format!("{base}/votes/batch")).json(&body).send().await.expect("ingest answers").json().await.expect("JSON");
+            let reply: Value = client
+                .post(format!("{base}/votes/batch"))
+                .json(&body)
+                .send()
+                .await
+                .expect("ingest answers")
+                .json()
+                .await
+                .expect("JSON");
             let ids = reply["vote_ids"].as_array().unwrap_or_else(|| panic!("batch refused: {reply}"));
             for (&i, id) in numbers.iter().zip(ids) {
                 expected.add(id.as_str().expect("id"), i, "http");
             }
-            let response = client.post(format!("{base}/rust/send_data")).json(&json_vote(n)).send().await.expect("ingest answers");
+            let response =
+                client.post(format!("{base}/rust/send_data")).json(&json_vote(n)).send().await.expect("ingest answers");
             let reply: Value = response.json().await.expect("JSON");
             expected.add(reply["vote_id"].as_str().unwrap_or_else(|| panic!("vote refused: {reply}")), n, "http");
             n += 1;
@@ -458,7 +489,8 @@ struct PrivateBroker {
 
 impl PrivateBroker {
     fn start() -> Self {
-        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+        let free_port =
+            || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
         let dir = std::env::temp_dir().join(unique("broker"));
         let mut broker = PrivateBroker { dir, port: free_port(), controller_port: free_port(), process: None };
         broker.restart();
@@ -471,9 +503,15 @@ impl PrivateBroker {
 
     /// Starts the broker on its folder and waits until it takes connections.
     fn restart(&mut self) {
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{}.out", self.dir.display()))).expect("log file");
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("{}.out", self.dir.display()))).expect("log file");
         let child = Command::new(bandvote_testkit::repo_root().join("dev/services"))
-            .args(["kafka-foreground", &self.dir.display().to_string(), &self.port.to_string(), &self.controller_port.to_string()])
+            .args([
+                "kafka-foreground",
+                &self.dir.display().to_string(),
+                &self.port.to_string(),
+                &self.controller_port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -481,7 +519,11 @@ impl PrivateBroker {
         self.process = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         while std::net::TcpStream::connect(self.address()).is_err() {
-            assert!(std::time::Instant::now() < deadline, "the private broker did not start; see {}", self.dir.display());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the private broker did not start; see {}",
+                self.dir.display()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -538,11 +580,16 @@ async fn kafka_down_is_refused_in_bounded_time_and_recovery_needs_no_restart() {
     eprintln!("kafka-down: broker stopped");
     let slack = Duration::from_millis(500);
     for (n, path) in ["/votes", "/rust/send_data", "/grpc/insert", "/votes/batch"].into_iter().enumerate() {
-        let body = if path == "/votes/batch" { json!([json_vote(100 + n), json_vote(200 + n)]) } else { json_vote(100 + n) };
+        let body =
+            if path == "/votes/batch" { json!([json_vote(100 + n), json_vote(200 + n)]) } else { json_vote(100 + n) };
         let started = std::time::Instant::now();
         let (status, reply) = pipeline.post(path, &body).await;
         let took = started.elapsed();
-        assert_eq!((status, reply["error"]["code"].as_str()), (503, Some("unavailable")), "{path} with Kafka down: {reply}");
+        assert_eq!(
+            (status, reply["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "{path} with Kafka down: {reply}"
+        );
         if path == "/votes/batch" {
             assert_eq!(reply["error"]["failed"].as_array().map(Vec::len), Some(2), "{reply}");
         } else if path != "/grpc/insert" {
@@ -572,5 +619,130 @@ async fn kafka_down_is_refused_in_bounded_time_and_recovery_needs_no_restart() {
     let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(60)).await;
     expected.check(&tallies, &logged);
     consumer.stop().await;
+    pipeline.finish().await;
+}
+
+/// Produces raw records to a topic, as a foreign or broken producer would.
+async fn produce_raw(brokers: &str, topic: &str, records: &[(&str, &[u8])]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("broker.address.family", "v4")
+        .create()
+        .expect("a producer");
+    for (key, payload) in records {
+        producer
+            .send(FutureRecord::to(topic).key(*key).payload(*payload), Duration::from_secs(5))
+            .await
+            .expect("the raw record is written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_that_are_not_votes_go_to_the_dead_letter_topic_and_never_stop_counting() {
+    let pipeline = Pipeline::start("dead-letters").await;
+    let consumer = pipeline.consume_in_process().await;
+    let (status, reply) = pipeline.post("/votes", &json_vote(1)).await;
+    let mut expected = Expected::default();
+    expected.add(&accepted_id(status, &reply), 1, "http");
+    let future_version = br#"{"v":2,"vote_id":"from-the-future"}"#;
+    let bad_rank = br#"{"v":1,"vote_id":"bad-rank","name":"A","album":"B","year":1997,"rank":1000,"route":"http","received_at_ms":0}"#;
+    produce_raw(
+        &pipeline.services.kafka_brokers,
+        &pipeline.topic,
+        &[("garbage", b"not json at all"), ("future", future_version), ("bad-rank", bad_rank), ("empty", b"")],
+    )
+    .await;
+    for n in 2..5 {
+        let (status, reply) = pipeline.post("/rust/send_data", &json_vote(n)).await;
+        expected.add(&accepted_id(status, &reply), n, "http");
+    }
+    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(30)).await;
+    let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(30)).await;
+    expected.check(&tallies, &logged);
+    let tallies = wait_for("4 dead letters counted", Duration::from_secs(30), || async {
+        let tallies = read_tallies(&pipeline.services.redis_url, &pipeline.prefix).await;
+        if tallies.dead_letters == 4 { Ok(tallies) } else { Err(format!("{} counted", tallies.dead_letters)) }
+    })
+    .await;
+    assert_eq!(tallies.total, expected.total(), "dead letters are not votes");
+    let dead: BTreeSet<Vec<u8>> =
+        bandvote_testkit::read_topic(&pipeline.services.kafka_brokers, &format!("{}.dlq", pipeline.topic))
+            .into_iter()
+            .map(|(key, _)| key.expect("the original key is kept"))
+            .collect();
+    let keys: BTreeSet<Vec<u8>> =
+        ["garbage", "future", "bad-rank", "empty"].iter().map(|k| k.as_bytes().to_vec()).collect();
+    assert_eq!(dead, keys, "each undecodable record is in the dead-letter topic once");
+    consumer.stop().await;
+    pipeline.finish().await;
+}
+
+/// A TCP proxy in front of the MongoDB-protocol server that can hold every byte back, to make the
+/// log store as slow as a test needs.
+struct StallingProxy {
+    addr: SocketAddr,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl StallingProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stalled, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(&upstream).await.expect("upstream answers");
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = upstream.into_split();
+                tokio::spawn(Self::pipe(client_read, server_write, watch.clone()));
+                tokio::spawn(Self::pipe(server_read, client_write, watch.clone()));
+            }
+        });
+        StallingProxy { addr, stalled }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut stalled: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = vec![0; 64 * 1024];
+        loop {
+            let Ok(n) = from.read(&mut buffer).await else { return };
+            if n == 0 {
+                return;
+            }
+            if stalled.wait_for(|stalled| !stalled).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn stall(&self, stalled: bool) {
+        self.stalled.send_replace(stalled);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_log_store_does_not_hold_back_the_tallies() {
+    let mut pipeline = Pipeline::start("slow-log").await;
+    let direct = pipeline.services.mongodb_uri.clone();
+    let proxy = StallingProxy::start(direct.trim_start_matches("mongodb://").trim_end_matches('/').to_owned()).await;
+    pipeline.services.mongodb_uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
+    let consumer = pipeline.consume_in_process().await;
+    proxy.stall(true);
+    let load = send_load(&pipeline, 10, 20, Duration::from_millis(20));
+    let expected = load.await.expect("the load finished");
+    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(30)).await;
+    assert_eq!(tallies.by_band, expected.by_band);
+    let log = VoteLog::open(&direct, &pipeline.database).await;
+    assert_eq!(log.count().await, 0, "nothing could be logged while the log store was stalled");
+    proxy.stall(false);
+    let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(60)).await;
+    expected.check(&tallies, &logged);
+    consumer.stop().await;
+    pipeline.services.mongodb_uri = direct;
     pipeline.finish().await;
 }

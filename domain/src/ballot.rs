@@ -221,9 +221,7 @@ fn parse_year(input: &Input) -> Result<Year, String> {
         other => return Err(format!("must be a string or a number, got {}", other.type_name())),
     };
     match year {
-        Some(year) if year >= i64::from(*YEARS.start()) && year <= i64::from(*YEARS.end()) => {
-            Ok(Year(year as i32))
-        }
+        Some(year) if year >= i64::from(*YEARS.start()) && year <= i64::from(*YEARS.end()) => Ok(Year(year as i32)),
         _ => Err(format!("must be between {} and {}", YEARS.start(), YEARS.end())),
     }
 }
@@ -338,8 +336,10 @@ mod tests {
 
     #[test]
     fn accepts_the_original_four_strings() {
-        let ballot = Ballot::from_json(&json!({"name": "Malacates Trebol Shop", "album": "Vueltas", "year": "1997", "rank": "9.5"}))
-            .expect("valid");
+        let ballot = Ballot::from_json(
+            &json!({"name": "Malacates Trebol Shop", "album": "Vueltas", "year": "1997", "rank": "9.5"}),
+        )
+        .expect("valid");
         assert_eq!(ballot.band, "Malacates Trebol Shop");
         assert_eq!(ballot.year.get(), 1997);
         assert_eq!(ballot.rank.get(), 9.5);
@@ -387,10 +387,13 @@ mod tests {
                 "rank: must be between 0 and 100",
             ]
         );
-        assert_eq!(problems(json!({"name": "a", "album": "b", "year": 1997.5, "rank": "1e3"})), [
-            "year: must be a whole number such as 1997, got 1997.5",
-            "rank: must be a decimal number such as \"9.5\", got \"1e3\"",
-        ]);
+        assert_eq!(
+            problems(json!({"name": "a", "album": "b", "year": 1997.5, "rank": "1e3"})),
+            [
+                "year: must be a whole number such as 1997, got 1997.5",
+                "rank: must be a decimal number such as \"9.5\", got \"1e3\"",
+            ]
+        );
         assert_eq!(problems(json!(["not", "an", "object"])), ["vote: must be a JSON object, got array"]);
     }
 

@@ -139,9 +139,15 @@ mod tests {
     use super::*;
 
     fn event() -> VoteEvent {
-        let ballot = Ballot::from_json(&json!({"name": "Alux Nahual", "album": "Alux Nahual", "year": "1979", "rank": "9.5"}))
-            .expect("valid");
-        VoteEvent { vote_id: VoteId::parse("abc-1").expect("id"), ballot, route: Route::Http, received_at_ms: 1_764_000_000_123 }
+        let ballot =
+            Ballot::from_json(&json!({"name": "Alux Nahual", "album": "Alux Nahual", "year": "1979", "rank": "9.5"}))
+                .expect("valid");
+        VoteEvent {
+            vote_id: VoteId::parse("abc-1").expect("id"),
+            ballot,
+            route: Route::Http,
+            received_at_ms: 1_764_000_000_123,
+        }
     }
 
     #[test]

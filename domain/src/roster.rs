@@ -55,7 +55,10 @@ impl Roster {
     /// Refuses a band that is not in the contest, or an album that is not that band's.
     pub fn check(&self, ballot: &Ballot) -> Result<(), FieldError> {
         let Some(albums) = self.bands.get(&ballot.band) else {
-            return Err(FieldError { field: "name", problem: format!("{:?} is not a band in this contest", ballot.band) });
+            return Err(FieldError {
+                field: "name",
+                problem: format!("{:?} is not a band in this contest", ballot.band),
+            });
         };
         if !albums.contains(&ballot.album) {
             return Err(FieldError {
@@ -79,12 +82,16 @@ mod tests {
 
     #[test]
     fn checks_band_then_album() {
-        let roster = Roster::from_json(r#"{"bands": [{"name": "Alux Nahual", "albums": ["Conquista"]}]}"#).expect("roster");
+        let roster =
+            Roster::from_json(r#"{"bands": [{"name": "Alux Nahual", "albums": ["Conquista"]}]}"#).expect("roster");
         let vote = |band: &str, album: &str| {
             Ballot::from_json(&json!({"name": band, "album": album, "year": "1990", "rank": "5"})).expect("valid")
         };
         assert_eq!(roster.check(&vote("Alux Nahual", "Conquista")), Ok(()));
-        assert_eq!(roster.check(&vote("Nobody", "Conquista")).expect_err("unknown").to_string(), "name: \"Nobody\" is not a band in this contest");
+        assert_eq!(
+            roster.check(&vote("Nobody", "Conquista")).expect_err("unknown").to_string(),
+            "name: \"Nobody\" is not a band in this contest"
+        );
         assert_eq!(roster.check(&vote("Alux Nahual", "Other")).expect_err("unknown").field, "album");
     }
 
@@ -92,6 +99,9 @@ mod tests {
     fn refuses_broken_files() {
         assert!(matches!(Roster::from_json("{}"), Err(RosterError::Malformed(_))));
         assert!(matches!(Roster::from_json(r#"{"bands": []}"#), Err(RosterError::Empty)));
-        assert!(matches!(Roster::from_json(r#"{"bands": [{"name": "A", "albums": []}]}"#), Err(RosterError::NoAlbums(_))));
+        assert!(matches!(
+            Roster::from_json(r#"{"bands": [{"name": "A", "albums": []}]}"#),
+            Err(RosterError::NoAlbums(_))
+        ));
     }
 }

@@ -95,7 +95,10 @@ impl Votes for VoteService {
 /// The original course service: the same vote, answered with a line of text.
 #[tonic::async_trait]
 impl GetInfo for VoteService {
-    async fn return_info(&self, request: Request<confproto::RequestId>) -> Result<Response<confproto::ReplyInfo>, Status> {
+    async fn return_info(
+        &self,
+        request: Request<confproto::RequestId>,
+    ) -> Result<Response<confproto::ReplyInfo>, Status> {
         let r = request.get_ref();
         let vote_id = self.cast_one(BallotInput::from_proto(&r.name, &r.album, &r.year, &r.rank, "", "")).await?;
         Ok(Response::new(confproto::ReplyInfo { info: format!("vote accepted: {vote_id}") }))

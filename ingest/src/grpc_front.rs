@@ -55,8 +55,9 @@ async fn insert(State(front): State<Front>, body: Result<Bytes, BytesRejection>)
     let mut request = tonic::Request::new(vote);
     request.set_timeout(front.timeout);
     let reply = front.client.clone().cast(request).await.map_err(from_status)?;
-    let vote_id = VoteId::parse(&reply.get_ref().vote_id)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("the gRPC server sent a bad vote id: {e}")))?;
+    let vote_id = VoteId::parse(&reply.get_ref().vote_id).map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("the gRPC server sent a bad vote id: {e}"))
+    })?;
     Ok(reply::accepted(&vote_id).into_response())
 }
 
@@ -64,10 +65,16 @@ fn from_status(status: tonic::Status) -> ApiError {
     let message = status.message().to_owned();
     match status.code() {
         Code::InvalidArgument => ApiError::new(StatusCode::BAD_REQUEST, "invalid_vote", message),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the gRPC server did not accept the vote: {message}"))
-        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the gRPC server did not accept the vote: {message}"),
+        ),
         Code::ResourceExhausted => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message),
-        code => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("the gRPC server answered {code:?}: {message}")),
+        code => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("the gRPC server answered {code:?}: {message}"),
+        ),
     }
 }

@@ -93,8 +93,12 @@ impl Ingest {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let roster = match &config.roster_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read ROSTER_FILE {}", path.display()))?;
-                Some(Roster::from_json(&text).with_context(|| format!("ROSTER_FILE {} is not a valid roster", path.display()))?)
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read ROSTER_FILE {}", path.display()))?;
+                Some(
+                    Roster::from_json(&text)
+                        .with_context(|| format!("ROSTER_FILE {} is not a valid roster", path.display()))?,
+                )
             }
             None => None,
         };
@@ -102,7 +106,8 @@ impl Ingest {
         if let Err(err) = bandvote_ops::topics::ensure(&config.kafka).await {
             tracing::warn!(error = %err, "cannot make sure the topics exist yet; votes are refused until Kafka answers");
         }
-        let publisher = Publisher::new(&config.kafka, config.produce_timeout).context("cannot create the Kafka producer")?;
+        let publisher =
+            Publisher::new(&config.kafka, config.produce_timeout).context("cannot create the Kafka producer")?;
         let caster = Caster::new(publisher, roster);
         let http = TcpListener::bind((config.host.as_str(), config.port))
             .await
@@ -144,7 +149,9 @@ impl Ingest {
         }
         if let Some(target) = &front_target {
             let timeout = config.produce_timeout + Duration::from_secs(2);
-            router = router.merge(grpc_front::router(target, timeout).with_context(|| format!("GRPC_TARGET {target:?} is not a URI"))?);
+            router = router.merge(
+                grpc_front::router(target, timeout).with_context(|| format!("GRPC_TARGET {target:?} is not a URI"))?,
+            );
         }
         let publisher = caster.publisher().clone();
         let ready: health::ReadyCheck = Arc::new(move || {
@@ -153,9 +160,15 @@ impl Ingest {
         });
         let router = router
             .merge(health::routes(ready))
-            .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path; votes go to POST /votes") })
+            .fallback(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path; votes go to POST /votes")
+            })
             .method_not_allowed_fallback(|| async {
-                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this path takes POST with a JSON vote")
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this path takes POST with a JSON vote",
+                )
             })
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(tower_http::trace::TraceLayer::new_for_http());
@@ -179,12 +192,12 @@ impl Ingest {
                 tonic::transport::Server::builder()
                     .add_service(health_service)
                     .add_service(reflection)
-                    .add_service(
-                        VotesServer::new(service.clone())
-                            .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
-                    )
+                    .add_service(VotesServer::new(service.clone()).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES))
                     .add_service(GetInfoServer::new(service).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES))
-                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stopped.cancelled())
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stopped.cancelled(),
+                    )
                     .await?;
                 anyhow::Ok(())
             }

@@ -60,10 +60,12 @@ impl From<CastError> for ApiError {
     fn from(err: CastError) -> Self {
         match err {
             CastError::Invalid(invalid) => invalid.into(),
-            CastError::Unavailable { vote_id, error } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{error}; try again with this vote_id"))
-                    .with_details(json!({ "vote_id": vote_id.as_str() }))
-            }
+            CastError::Unavailable { vote_id, error } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{error}; try again with this vote_id"),
+            )
+            .with_details(json!({ "vote_id": vote_id.as_str() })),
         }
     }
 }

@@ -31,7 +31,8 @@ impl Ingest {
             format!("--kafka-topic={topic}"),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let ingest = bandvote_ingest::Ingest::build(bandvote_ingest::Config::parse_from(args)).await.expect("ingest starts");
+        let ingest =
+            bandvote_ingest::Ingest::build(bandvote_ingest::Config::parse_from(args)).await.expect("ingest starts");
         let (http, grpc) = (ingest.http_addr(), ingest.grpc_addr().expect("gRPC served"));
         let stop = CancellationToken::new();
         tokio::spawn(ingest.run_until_stopped(stop.clone()));
@@ -83,7 +84,11 @@ fn field_problems(reply: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_input_gets_its_clear_error_and_nothing_of_it_reaches_kafka() {
     let roster = roster_file();
-    let ingest = Ingest::start("bad-input", &[&format!("--roster-file={}", roster.display()), "--max-body-bytes=4096", "--max-batch-votes=10"]).await;
+    let ingest = Ingest::start(
+        "bad-input",
+        &[&format!("--roster-file={}", roster.display()), "--max-body-bytes=4096", "--max-batch-votes=10"],
+    )
+    .await;
     let good = json!({"name": "Alux Nahual", "album": "Conquista", "year": "1990", "rank": "9.5"});
     let with = |field: &str, value: Value| {
         let mut vote = good.clone();
@@ -108,15 +113,24 @@ async fn each_bad_input_gets_its_clear_error_and_nothing_of_it_reaches_kafka() {
         (with("rank", json!("9,5")), vec!["rank: must be a decimal number such as \"9.5\", got \"9,5\""]),
         (with("rank", json!("-1")), vec!["rank: must be a decimal number such as \"9.5\", got \"-1\""]),
         (with("year", json!(1492)), vec!["year: must be between 1900 and 2100"]),
-        (with("vote_id", json!("has spaces")), vec!["vote_id: may contain only letters, digits, '.', '_', ':' and '-'"]),
+        (
+            with("vote_id", json!("has spaces")),
+            vec!["vote_id: may contain only letters, digits, '.', '_', ':' and '-'"],
+        ),
         (with("name", json!("Unknown Band")), vec!["name: \"Unknown Band\" is not a band in this contest"]),
-        (with("album", json!("Mil palabras")), vec!["album: \"Mil palabras\" is not an album of \"Alux Nahual\" in this contest"]),
-        (json!({"name": 1, "album": null, "year": "x", "rank": []}), vec![
-            "name: must be a string, got a number",
-            "album: must be a string, got null",
-            "year: must be a whole number such as \"1997\", got \"x\"",
-            "rank: must be a string or a number, got array",
-        ]),
+        (
+            with("album", json!("Mil palabras")),
+            vec!["album: \"Mil palabras\" is not an album of \"Alux Nahual\" in this contest"],
+        ),
+        (
+            json!({"name": 1, "album": null, "year": "x", "rank": []}),
+            vec![
+                "name: must be a string, got a number",
+                "album: must be a string, got null",
+                "year: must be a whole number such as \"1997\", got \"x\"",
+                "rank: must be a string or a number, got array",
+            ],
+        ),
         (json!(["not", "a", "vote"]), vec!["vote: must be a JSON object, got array"]),
     ];
     for path in ["/votes", "/rust/send_data", "/grpc/insert"] {
@@ -133,12 +147,16 @@ async fn each_bad_input_gets_its_clear_error_and_nothing_of_it_reaches_kafka() {
         }
         let (status, reply) = ingest.post_raw(path, "{\"name\": \"Alux").await;
         assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("malformed_json")), "{path}: {reply}");
-        assert!(reply["error"]["message"].as_str().expect("message").starts_with("the body is not valid JSON"), "{reply}");
+        assert!(
+            reply["error"]["message"].as_str().expect("message").starts_with("the body is not valid JSON"),
+            "{reply}"
+        );
         let (status, reply) = ingest.post_raw(path, format!("{{\"name\": \"{}\"}}", "a".repeat(5000))).await;
         assert_eq!((status, reply["error"]["code"].as_str()), (413, Some("body_too_large")), "{path}: {reply}");
     }
     // A batch is checked whole; one bad vote refuses it, naming each bad one by index.
-    let (status, reply) = ingest.post("/votes/batch", &json!([good, without("year"), with("rank", json!("abc"))])).await;
+    let (status, reply) =
+        ingest.post("/votes/batch", &json!([good, without("year"), with("rank", json!("abc"))])).await;
     assert_eq!(status, 400, "{reply}");
     assert_eq!(reply["error"]["message"], "2 of 3 votes are invalid; nothing was accepted");
     assert_eq!(reply["error"]["votes"][0]["index"], 1);
@@ -156,11 +174,20 @@ async fn each_bad_input_gets_its_clear_error_and_nothing_of_it_reaches_kafka() {
 
     // gRPC: INVALID_ARGUMENT naming the fields.
     let mut grpc = VotesClient::connect(format!("http://{}", ingest.grpc)).await.expect("gRPC connects");
-    let vote = Vote { name: "Alux Nahual".into(), album: "Conquista".into(), year: "1990".into(), rank: "9.5".into(), ..Vote::default() };
+    let vote = Vote {
+        name: "Alux Nahual".into(),
+        album: "Conquista".into(),
+        year: "1990".into(),
+        rank: "9.5".into(),
+        ..Vote::default()
+    };
     for (bad, message) in [
         (Vote { name: String::new(), ..vote.clone() }, "name: is required"),
         (Vote { year: "199O".into(), ..vote.clone() }, "year: must be a whole number such as \"1997\", got \"199O\""),
-        (Vote { rank: "high".into(), year: "3000".into(), ..vote.clone() }, "year: must be between 1900 and 2100; rank: must be a decimal number such as \"9.5\", got \"high\""),
+        (
+            Vote { rank: "high".into(), year: "3000".into(), ..vote.clone() },
+            "year: must be between 1900 and 2100; rank: must be a decimal number such as \"9.5\", got \"high\"",
+        ),
         (Vote { name: "Nobody".into(), ..vote.clone() }, "name: \"Nobody\" is not a band in this contest"),
     ] {
         let status = grpc.cast(bad).await.expect_err("refused");
@@ -205,7 +232,11 @@ async fn health_readiness_metrics_and_reflection_answer() {
     ] {
         assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
     }
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", ingest.grpc)).expect("URI").connect().await.expect("connects");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", ingest.grpc))
+        .expect("URI")
+        .connect()
+        .await
+        .expect("connects");
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let reply = health
         .check(tonic_health::pb::HealthCheckRequest { service: "bandvote.v1.Votes".into() })

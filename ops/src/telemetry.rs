@@ -30,7 +30,9 @@ pub fn metrics() -> &'static PrometheusHandle {
         let sizes = [1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
         PrometheusBuilder::new()
             .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), &seconds)
-            .and_then(|b| b.set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_size".into()), &sizes))
+            .and_then(|b| {
+                b.set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_size".into()), &sizes)
+            })
             .expect("bucket lists are not empty")
             .install_recorder()
             .expect("the Prometheus recorder is installed once")

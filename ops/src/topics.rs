@@ -19,17 +19,16 @@ pub async fn ensure(kafka: &KafkaArgs) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
     let dead_letters = kafka.dead_letter_topic();
     let replication = || TopicReplication::Fixed(kafka.replication_factor);
-    let topics = [
-        NewTopic::new(&kafka.topic, kafka.partitions, replication()),
-        NewTopic::new(&dead_letters, 1, replication()),
-    ];
+    let topics =
+        [NewTopic::new(&kafka.topic, kafka.partitions, replication()), NewTopic::new(&dead_letters, 1, replication())];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
             Ok(topic) => tracing::info!(topic, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::error!(topic, %code, "cannot create topic"));
+                return Err(KafkaError::AdminOp(code))
+                    .inspect_err(|_| tracing::error!(topic, %code, "cannot create topic"));
             }
         }
     }

@@ -44,7 +44,10 @@ impl Services {
             ("MongoDB", host_port(&services.mongodb_uri)),
         ] {
             let reachable = addr.parse().ok().and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
-            assert!(reachable.is_some(), "{name} is not listening on {addr}: start the local services with `dev/services start`");
+            assert!(
+                reachable.is_some(),
+                "{name} is not listening on {addr}: start the local services with `dev/services start`"
+            );
         }
         services
     }
@@ -79,7 +82,9 @@ where
     loop {
         match check().await {
             Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => panic!("timed out after {within:?} waiting for {what}; last: {last}"),
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting for {what}; last: {last}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -105,7 +110,9 @@ pub async fn read_tallies(redis_url: &str, prefix: &str) -> Tallies {
     let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
     let hash = |key: String| {
         let mut redis = redis.clone();
-        async move { redis::cmd("HGETALL").arg(key).query_async::<BTreeMap<String, u64>>(&mut redis).await.expect("HGETALL") }
+        async move {
+            redis::cmd("HGETALL").arg(key).query_async::<BTreeMap<String, u64>>(&mut redis).await.expect("HGETALL")
+        }
     };
     let by_band = hash(keys.by_band()).await;
     let by_album = hash(keys.by_album()).await;
@@ -113,10 +120,17 @@ pub async fn read_tallies(redis_url: &str, prefix: &str) -> Tallies {
     let per_second_sum = hash(keys.per_second()).await.values().sum();
     let rank_avg: BTreeMap<String, f64> =
         redis::cmd("HGETALL").arg(keys.rank_avg()).query_async(&mut redis).await.expect("HGETALL rank avg");
-    let leaderboard: Vec<(String, f64)> =
-        redis::cmd("ZRANGE").arg(keys.leaderboard()).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut redis).await.expect("ZRANGE");
+    let leaderboard: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(keys.leaderboard())
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut redis)
+        .await
+        .expect("ZRANGE");
     let total: Option<u64> = redis::cmd("GET").arg(keys.total()).query_async(&mut redis).await.expect("GET total");
-    let dead_letters: Option<u64> = redis::cmd("GET").arg(keys.dead_letters()).query_async(&mut redis).await.expect("GET dead letters");
+    let dead_letters: Option<u64> =
+        redis::cmd("GET").arg(keys.dead_letters()).query_async(&mut redis).await.expect("GET dead letters");
     Tallies {
         total: total.unwrap_or(0),
         by_band,
