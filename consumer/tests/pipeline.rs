@@ -42,15 +42,7 @@ impl Pipeline {
             filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             format: "text".into(),
         });
-        let mut args = vec![
-            "bandvote-ingest".to_owned(),
-            "--port=0".into(),
-            "--grpc-port=0".into(),
-            format!("--kafka-brokers={}", services.kafka_brokers),
-            format!("--kafka-topic={topic}"),
-        ];
-        args.extend(ingest_args.iter().map(|a| (*a).to_owned()));
-        let config = bandvote_ingest::Config::parse_from(args);
+        let config = bandvote_ingest::Config::parse_from(services.ingest_args(&topic, ingest_args));
         let ingest = bandvote_ingest::Ingest::build(config).await.expect("ingest starts");
         let (http, grpc) = (ingest.http_addr(), ingest.grpc_addr().expect("the gRPC route is served"));
         let stop = CancellationToken::new();

@@ -23,16 +23,8 @@ impl Ingest {
     async fn start(name: &str, extra: &[&str]) -> Self {
         let services = Services::local();
         let topic = format!("votes-{}", unique(name));
-        let mut args = vec![
-            "bandvote-ingest".to_owned(),
-            "--port=0".into(),
-            "--grpc-port=0".into(),
-            format!("--kafka-brokers={}", services.kafka_brokers),
-            format!("--kafka-topic={topic}"),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let ingest =
-            bandvote_ingest::Ingest::build(bandvote_ingest::Config::parse_from(args)).await.expect("ingest starts");
+        let config = bandvote_ingest::Config::parse_from(services.ingest_args(&topic, extra));
+        let ingest = bandvote_ingest::Ingest::build(config).await.expect("ingest starts");
         let (http, grpc) = (ingest.http_addr(), ingest.grpc_addr().expect("gRPC served"));
         let stop = CancellationToken::new();
         tokio::spawn(ingest.run_until_stopped(stop.clone()));

@@ -53,6 +53,21 @@ impl Services {
     }
 }
 
+impl Services {
+    /// The command line of an ingest on ephemeral ports, publishing to `topic`, plus `extra`.
+    pub fn ingest_args(&self, topic: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "bandvote-ingest".to_owned(),
+            "--port=0".into(),
+            "--grpc-port=0".into(),
+            format!("--kafka-brokers={}", self.kafka_brokers),
+            format!("--kafka-topic={topic}"),
+        ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        args
+    }
+}
+
 fn host_port(url: &str) -> String {
     let rest = url.split("://").last().unwrap_or(url);
     let rest = rest.rsplit('@').next().unwrap_or(rest);
@@ -176,8 +191,11 @@ impl VoteLog {
     }
 }
 
-/// Reads every record of `topic` from the beginning up to its current end: `(key, payload)`.
-pub fn read_topic(brokers: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+/// A Kafka record's key and payload.
+pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Reads every record of `topic` from the beginning up to its current end.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
