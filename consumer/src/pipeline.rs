@@ -198,8 +198,8 @@ async fn next_batch(consumer: &StreamConsumer<Context>, batching: Batching) -> V
     let first = match consumer.recv().await {
         Ok(message) => message,
         Err(err) => {
-            tracing::warn!(error = %err, "kafka receive failed");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tracing::warn!(error = %err, "kafka receive failed; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
             return records;
         }
     };

@@ -45,6 +45,12 @@ impl Ingest {
         (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply to {path} is not JSON: {text}")))
     }
 
+    /// A gRPC channel to this ingest.
+    async fn channel(&self) -> tonic::transport::Channel {
+        let uri = format!("http://{}", self.grpc);
+        tonic::transport::Channel::from_shared(uri).expect("URI").connect().await.expect("gRPC connects")
+    }
+
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, body.to_string()).await
     }
@@ -224,15 +230,102 @@ async fn health_readiness_metrics_and_reflection_answer() {
     ] {
         assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
     }
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", ingest.grpc))
-        .expect("URI")
-        .connect()
-        .await
-        .expect("connects");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ingest.channel().await);
     let reply = health
         .check(tonic_health::pb::HealthCheckRequest { service: "bandvote.v1.Votes".into() })
         .await
         .expect("health answers");
     assert_eq!(reply.get_ref().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_both_vote_services() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let ingest = Ingest::start("reflection", &[]).await;
+    let mut reflection = ServerReflectionClient::new(ingest.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let reply = replies.message().await.expect("a reply").expect("one reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("not a service list: {reply:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["bandvote.v1.Votes", "confproto.getInfo", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == service), "reflection lacks {service}: {names:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
+    let services = Services::local();
+    let topic = format!("votes-{}", unique("sigterm"));
+    let free_port =
+        || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bandvote-ingest"))
+        .args([
+            format!("--port={http_port}"),
+            format!("--grpc-port={grpc_port}"),
+            format!("--kafka-brokers={}", services.kafka_brokers),
+            format!("--kafka-topic={topic}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("the ingest binary starts");
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{http_port}");
+    bandvote_testkit::wait_for("ingest to be ready", std::time::Duration::from_secs(30), || async {
+        match client.get(format!("{url}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    // Four senders cast votes back to back until ingest stops taking connections; SIGTERM comes
+    // while they are at it. Every answer that arrives must be whole, and every accepted vote in Kafka.
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                for n in (sender..).step_by(4) {
+                    let (name, album, year, rank) = bandvote_testkit::vote(n);
+                    let vote = json!({"name": name, "album": album, "year": year, "rank": rank});
+                    let Ok(response) = client.post(format!("{url}/votes")).json(&vote).send().await else { break };
+                    assert_eq!(response.status().as_u16(), 200, "a vote in flight at SIGTERM is still accepted");
+                    let reply: Value = response.json().await.expect("a whole JSON answer");
+                    accepted.push(reply["vote_id"].as_str().expect("vote id").to_owned());
+                }
+                accepted
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+    assert!(status.success());
+    let mut accepted = Vec::new();
+    for sender in senders {
+        accepted.extend(sender.await.expect("the sender ends when ingest stops"));
+    }
+    assert!(!accepted.is_empty(), "votes were accepted before SIGTERM");
+    let exit = child.wait().expect("ingest exits");
+    assert!(exit.success(), "ingest exits cleanly on SIGTERM, got {exit}");
+    let mut in_kafka: Vec<String> = read_topic(&services.kafka_brokers, &topic)
+        .into_iter()
+        .map(|(key, _)| String::from_utf8(key.expect("key")).expect("utf-8"))
+        .collect();
+    in_kafka.sort();
+    accepted.sort();
+    assert_eq!(in_kafka, accepted, "every vote answered as accepted is in Kafka, and only those");
 }
