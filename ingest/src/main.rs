@@ -4,5 +4,7 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = bandvote_ingest::Config::parse();
     bandvote_ops::telemetry::init_logs(&config.telemetry);
-    bandvote_ingest::run(config, bandvote_ops::shutdown::on_signal()).await
+    let shutdown = bandvote_ops::shutdown::on_signal();
+    bandvote_ops::shutdown::exit_if_stuck(&shutdown, config.shutdown_grace + std::time::Duration::from_secs(5));
+    bandvote_ingest::run(config, shutdown).await
 }

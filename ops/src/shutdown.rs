@@ -24,3 +24,20 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Ends the process if shutdown takes longer than `limit` after `token` is cancelled.
+///
+/// Draining is bounded by each service's grace period, but a client library can still block on a
+/// dependency that went away (a Kafka commit waits for its coordinator); the orchestrator would
+/// kill the process anyway, and this says why first.
+pub fn exit_if_stuck(token: &CancellationToken, limit: std::time::Duration) {
+    let token = token.clone();
+    tokio::spawn(async move {
+        token.cancelled().await;
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(?limit, "shutdown did not finish in time; exiting");
+            std::process::exit(70);
+        });
+    });
+}
