@@ -330,6 +330,13 @@ async fn every_entry_point_counts_exactly_once_in_redis_and_mongodb() {
     ] {
         assert!(metrics.contains(name), "consumer metrics lack {name}:\n{metrics}");
     }
+    // Lag comes from librdkafka's statistics, published every 5 s.
+    wait_for("the consumer lag gauge", Duration::from_secs(20), || async {
+        let metrics = get("/metrics").await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+        let lag = format!("bandvote_consumer_lag_messages{{topic=\"{}\"", pipeline.topic);
+        if metrics.contains(&lag) { Ok(()) } else { Err("no lag gauge for this topic yet".into()) }
+    })
+    .await;
     consumer.stop().await;
     pipeline.finish().await;
 }
