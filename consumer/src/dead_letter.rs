@@ -21,7 +21,7 @@ pub struct DeadLetters {
 impl DeadLetters {
     pub fn new(kafka: &bandvote_ops::config::KafkaArgs) -> Result<Self, KafkaError> {
         let producer = kafka
-            .client_config()
+            .client_config("bandvote-consumer-dead-letters")
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "10000")

@@ -103,7 +103,7 @@ impl ConsumerService {
         }
         let consumer: StreamConsumer<Context> = config
             .kafka
-            .client_config()
+            .client_config("bandvote-consumer")
             .set("group.id", &config.group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")

@@ -69,8 +69,17 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         tracing::info!(rebalance = ?describe(rebalance), "rebalance starting");
+        // Commit what is done before the partitions go, so their next owner redelivers less.
+        if let Rebalance::Revoke(_) = rebalance {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "commit before the rebalance failed; more will be redelivered")
+                }
+            }
+        }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -12,13 +12,13 @@ use bandvote_domain::{RedisKeys, VoteEvent};
 use redis::{Script, aio::ConnectionManager};
 
 /// The batch script. KEYS: total, band, album, route, leaderboard, per-second, rank sum,
-/// rank average, timeline, dead letters. ARGV: seen prefix, dedup seconds, vote count, dead-letter
-/// count, then six values per vote (id, band, album field, route, rank, second), then one id per
-/// dead letter.
+/// rank average, timeline, dead letters. ARGV: vote marker prefix, dead-letter marker prefix, dedup
+/// seconds, vote count, dead-letter count, then six values per vote (id, band, album field, route,
+/// rank, second), then one id per dead letter.
 const APPLY_BATCH: &str = r"
-local prefix, ttl = ARGV[1], ARGV[2]
-local votes, dead = tonumber(ARGV[3]), tonumber(ARGV[4])
-local counted, i = 0, 5
+local prefix, dead_prefix, ttl = ARGV[1], ARGV[2], ARGV[3]
+local votes, dead = tonumber(ARGV[4]), tonumber(ARGV[5])
+local counted, i = 0, 6
 for _ = 1, votes do
   local id, band, album, route, rank, second = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   i = i + 6
@@ -39,7 +39,7 @@ if counted > 0 then
 end
 local letters = 0
 for _ = 1, dead do
-  if redis.call('SET', prefix .. 'dlq:' .. ARGV[i], '1', 'NX', 'EX', ttl) then letters = letters + 1 end
+  if redis.call('SET', dead_prefix .. ARGV[i], '1', 'NX', 'EX', ttl) then letters = letters + 1 end
   i = i + 1
 end
 if letters > 0 then redis.call('INCRBY', KEYS[10], letters) end
@@ -96,6 +96,7 @@ impl Tally {
         }
         invocation
             .arg(k.seen_prefix())
+            .arg(k.dead_letter_seen_prefix())
             .arg(self.dedup_window.as_secs().max(1))
             .arg(votes.len())
             .arg(dead_letters.len());

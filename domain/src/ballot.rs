@@ -234,8 +234,11 @@ fn parse_rank(input: &Input) -> Result<Rank, String> {
                 return Err("must not be empty".into());
             }
             let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
-            let digits = |s: &str| !s.is_empty() && s.len() <= 12 && s.bytes().all(|b| b.is_ascii_digit());
-            if !digits(whole) || !digits(fraction) {
+            // Up to 40 decimals: the shortest text of any f64 rank fits, so a JSON number re-sent
+            // as a string (the gRPC front does this) is read the same.
+            let digits =
+                |s: &str, most: usize| !s.is_empty() && s.len() <= most && s.bytes().all(|b| b.is_ascii_digit());
+            if !digits(whole, 12) || !digits(fraction, 40) {
                 return Err(format!("must be a decimal number such as \"9.5\", got {}", quoted(text)));
             }
             text.parse::<f64>().map_err(|_| format!("must be a decimal number, got {}", quoted(text)))?

@@ -16,6 +16,7 @@
 //! | `bandvote:rank:avg` | hash | `band / album` → average rank |
 //! | `bandvote:dead_letters` | string | records sent to the dead-letter topic |
 //! | `bandvote:seen:<vote_id>` | string | marks a vote as counted (expires after the dedup window) |
+//! | `bandvote:dead_letter_seen:<topic>:<partition>:<offset>` | string | marks a dead letter as counted (same expiry) |
 
 /// The Redis keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,11 @@ impl RedisKeys {
     /// The prefix of the per-vote "already counted" markers; the vote id follows it.
     pub fn seen_prefix(&self) -> String {
         self.key("seen:")
+    }
+    /// The prefix of the per-record "dead letter already counted" markers; `topic:partition:offset`
+    /// follows it. Apart from the vote markers, so that no vote id can pass for a dead letter.
+    pub fn dead_letter_seen_prefix(&self) -> String {
+        self.key("dead_letter_seen:")
     }
 
     /// The field that names an album in the album hashes.

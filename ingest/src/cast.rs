@@ -113,12 +113,14 @@ impl Caster {
     }
 }
 
+/// A new time-ordered vote id (UUIDv7), for a vote whose client sent none.
+pub fn new_vote_id() -> VoteId {
+    VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid vote id")
+}
+
 /// Gives a ballot its id (the client's, or a new time-ordered one) and its acceptance time.
 fn stamp(route: Route, mut ballot: Ballot) -> VoteEvent {
-    let vote_id = ballot
-        .vote_id
-        .take()
-        .unwrap_or_else(|| VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid vote id"));
+    let vote_id = ballot.vote_id.take().unwrap_or_else(new_vote_id);
     ballot.vote_id = Some(vote_id.clone());
     let received_at_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

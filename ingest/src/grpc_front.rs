@@ -18,7 +18,7 @@ use bandvote_proto::v1::{self, votes_client::VotesClient};
 use tonic::{Code, codegen::http::uri::InvalidUri, transport::Channel};
 
 use crate::{
-    cast::rejected,
+    cast::{new_vote_id, rejected},
     http::read_json,
     reply::{self, ApiError},
 };
@@ -44,24 +44,26 @@ async fn insert(State(front): State<Front>, body: Result<Bytes, BytesRejection>)
     let ballot = BallotInput::from_json(&value)
         .and_then(|input| Ballot::parse(&input))
         .inspect_err(|_| rejected(Route::Grpc, "invalid", 1))?;
+    // The id is given here, not by the gRPC server, so that a refusal can name it for a safe retry.
+    let vote_id = ballot.vote_id.unwrap_or_else(new_vote_id);
     let vote = v1::Vote {
         name: ballot.band,
         album: ballot.album,
         year: ballot.year.get().to_string(),
         rank: ballot.rank.get().to_string(),
-        vote_id: ballot.vote_id.map(|id| id.to_string()).unwrap_or_default(),
+        vote_id: vote_id.to_string(),
         voter_id: ballot.voter_id.unwrap_or_default(),
     };
     let mut request = tonic::Request::new(vote);
     request.set_timeout(front.timeout);
-    let reply = front.client.clone().cast(request).await.map_err(from_status)?;
+    let reply = front.client.clone().cast(request).await.map_err(|status| from_status(status, &vote_id))?;
     let vote_id = VoteId::parse(&reply.get_ref().vote_id).map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("the gRPC server sent a bad vote id: {e}"))
     })?;
     Ok(reply::accepted(&vote_id).into_response())
 }
 
-fn from_status(status: tonic::Status) -> ApiError {
+fn from_status(status: tonic::Status, vote_id: &VoteId) -> ApiError {
     let message = status.message().to_owned();
     match status.code() {
         Code::InvalidArgument => ApiError::new(StatusCode::BAD_REQUEST, "invalid_vote", message),
@@ -69,7 +71,8 @@ fn from_status(status: tonic::Status) -> ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!("the gRPC server did not accept the vote: {message}"),
-        ),
+        )
+        .with_details(serde_json::json!({ "vote_id": vote_id.as_str() })),
         Code::ResourceExhausted => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message),
         code => ApiError::new(
             StatusCode::BAD_GATEWAY,

@@ -81,7 +81,7 @@ async fn cast_batch(State(http): State<HttpRoute>, body: Result<Bytes, BytesReje
         }
     }
     if !not_objects.is_empty() {
-        rejected(Route::Http, "invalid", votes.len());
+        rejected(Route::Http, "invalid", not_objects.len());
         return Err(crate::cast::BatchError::Invalid { total: votes.len(), invalid: not_objects }.into());
     }
     let vote_ids = http.caster.cast_all(Route::Http, &inputs).await?;

@@ -40,7 +40,7 @@ impl Publisher {
     pub fn new(kafka: &KafkaArgs, timeout: Duration) -> Result<Self, KafkaError> {
         let timeout_ms = timeout.as_millis().max(1).to_string();
         let producer = kafka
-            .client_config()
+            .client_config("bandvote-ingest")
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", &timeout_ms)

@@ -26,12 +26,13 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    /// A client configuration with the brokers and the settings every client here shares.
-    pub fn client_config(&self) -> ClientConfig {
+    /// A client configuration with the brokers and the settings every client here shares;
+    /// `client_id` names the client in the brokers' logs and metrics.
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("client.id", env!("CARGO_PKG_NAME"))
+            .set("client.id", client_id)
             // Resolve `localhost` to IPv4 first; the local broker listens on 127.0.0.1 only.
             .set("broker.address.family", "v4")
             .set("log_level", "4");

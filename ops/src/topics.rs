@@ -16,7 +16,7 @@ pub async fn ensure(kafka: &KafkaArgs) -> Result<(), KafkaError> {
     if !kafka.create_topics {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config("bandvote-admin").create()?;
     let dead_letters = kafka.dead_letter_topic();
     let replication = || TopicReplication::Fixed(kafka.replication_factor);
     let topics =
