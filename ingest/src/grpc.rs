@@ -47,8 +47,8 @@ fn batch_status(err: BatchError) -> Status {
             Status::invalid_argument(format!("{message}: {}", each.join("; ")))
         }
         BatchError::Partial { failed, .. } => {
-            let ids: Vec<&str> = failed.iter().map(|(_, id)| id.as_str()).collect();
-            Status::unavailable(format!("{message}; re-send these vote ids: {}", ids.join(",")))
+            let failed: Vec<String> = failed.iter().map(|(index, id)| format!("{index}={id}")).collect();
+            Status::unavailable(format!("{message}; re-send these votes (index=vote_id): {}", failed.join(",")))
         }
     }
 }
