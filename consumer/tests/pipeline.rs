@@ -577,7 +577,7 @@ async fn kafka_down_is_refused_in_bounded_time_and_recovery_needs_no_restart() {
     eprintln!("kafka-down: 10 votes accepted; stopping the broker");
     broker.stop();
     eprintln!("kafka-down: broker stopped");
-    let slack = Duration::from_millis(500);
+    let slack = Duration::from_secs(1);
     for (n, path) in ["/votes", "/rust/send_data", "/grpc/insert", "/votes/batch"].into_iter().enumerate() {
         let body =
             if path == "/votes/batch" { json!([json_vote(100 + n), json_vote(200 + n)]) } else { json_vote(100 + n) };
