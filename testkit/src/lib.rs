@@ -123,36 +123,37 @@ pub async fn read_tallies(redis_url: &str, prefix: &str) -> Tallies {
     let keys = RedisKeys::new(prefix);
     let client = redis::Client::open(redis_url).expect("valid Redis URL");
     let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
-    let hash = |key: String| {
-        let mut redis = redis.clone();
-        async move {
-            redis::cmd("HGETALL").arg(key).query_async::<BTreeMap<String, u64>>(&mut redis).await.expect("HGETALL")
-        }
-    };
-    let by_band = hash(keys.by_band()).await;
-    let by_album = hash(keys.by_album()).await;
-    let by_route = hash(keys.by_route()).await;
-    let per_second_sum = hash(keys.per_second()).await.values().sum();
-    let rank_avg: BTreeMap<String, f64> =
-        redis::cmd("HGETALL").arg(keys.rank_avg()).query_async(&mut redis).await.expect("HGETALL rank avg");
-    let leaderboard: Vec<(String, f64)> = redis::cmd("ZRANGE")
-        .arg(keys.leaderboard())
-        .arg(0)
-        .arg(-1)
-        .arg("WITHSCORES")
+    // One MULTI/EXEC, so that the snapshot is consistent while the consumers are counting.
+    type Snapshot = (
+        BTreeMap<String, u64>,
+        BTreeMap<String, u64>,
+        BTreeMap<String, u64>,
+        BTreeMap<String, u64>,
+        BTreeMap<String, f64>,
+        Vec<(String, f64)>,
+        Option<u64>,
+        Option<u64>,
+    );
+    let (by_band, by_album, by_route, per_second, rank_avg, leaderboard, total, dead_letters): Snapshot = redis::pipe()
+        .atomic()
+        .hgetall(keys.by_band())
+        .hgetall(keys.by_album())
+        .hgetall(keys.by_route())
+        .hgetall(keys.per_second())
+        .hgetall(keys.rank_avg())
+        .zrange_withscores(keys.leaderboard(), 0, -1)
+        .get(keys.total())
+        .get(keys.dead_letters())
         .query_async(&mut redis)
         .await
-        .expect("ZRANGE");
-    let total: Option<u64> = redis::cmd("GET").arg(keys.total()).query_async(&mut redis).await.expect("GET total");
-    let dead_letters: Option<u64> =
-        redis::cmd("GET").arg(keys.dead_letters()).query_async(&mut redis).await.expect("GET dead letters");
+        .expect("read the tallies");
     Tallies {
         total: total.unwrap_or(0),
         by_band,
         by_album,
         by_route,
         leaderboard: leaderboard.into_iter().map(|(band, score)| (band, score as u64)).collect(),
-        per_second_sum,
+        per_second_sum: per_second.values().sum(),
         rank_avg,
         dead_letters: dead_letters.unwrap_or(0),
     }
