@@ -96,6 +96,12 @@ mod tests {
     }
 
     #[test]
+    fn the_example_roster_is_valid() {
+        let roster = Roster::from_json(include_str!("../../roster.example.json")).expect("the example parses");
+        assert!(roster.bands().count() >= 2);
+    }
+
+    #[test]
     fn refuses_broken_files() {
         assert!(matches!(Roster::from_json("{}"), Err(RosterError::Malformed(_))));
         assert!(matches!(Roster::from_json(r#"{"bands": []}"#), Err(RosterError::Empty)));
