@@ -184,15 +184,14 @@ impl Pipeline {
                 }
             }
         }
-        let events: Vec<VoteEvent> = votes.iter().map(|v| v.event.clone()).collect();
         let started = Instant::now();
-        let applied = retry("redis", shutdown, || self.tally.apply(&events, &dead)).await?;
+        let applied = retry("redis", shutdown, || self.tally.apply(votes.iter().map(|v| &v.event), &dead)).await?;
         metrics::histogram!("bandvote_consumer_redis_write_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("bandvote_consumer_votes_counted_total").increment(applied.counted);
         metrics::counter!("bandvote_consumer_votes_duplicate_total").increment(applied.duplicates);
         metrics::counter!("bandvote_consumer_dead_letters_total").increment(applied.dead_letters);
         tracing::debug!(
-            votes = events.len(),
+            votes = votes.len(),
             counted = applied.counted,
             duplicates = applied.duplicates,
             "batch counted"

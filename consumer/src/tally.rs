@@ -77,7 +77,12 @@ impl Tally {
     }
 
     /// Counts a batch of votes and dead letters (ids of records sent to the dead-letter topic).
-    pub async fn apply(&self, votes: &[VoteEvent], dead_letters: &[String]) -> redis::RedisResult<Applied> {
+    pub async fn apply<'a>(
+        &self,
+        votes: impl ExactSizeIterator<Item = &'a VoteEvent>,
+        dead_letters: &[String],
+    ) -> redis::RedisResult<Applied> {
+        let vote_count = votes.len();
         let k = &self.keys;
         let mut invocation = self.script.prepare_invoke();
         for key in [
@@ -98,7 +103,7 @@ impl Tally {
             .arg(k.seen_prefix())
             .arg(k.dead_letter_seen_prefix())
             .arg(self.dedup_window.as_secs().max(1))
-            .arg(votes.len())
+            .arg(vote_count)
             .arg(dead_letters.len());
         for vote in votes {
             let ballot = &vote.ballot;
@@ -114,7 +119,7 @@ impl Tally {
             invocation.arg(id);
         }
         let (counted, dead_letters): (u64, u64) = invocation.invoke_async(&mut self.redis.clone()).await?;
-        Ok(Applied { counted, duplicates: votes.len() as u64 - counted, dead_letters })
+        Ok(Applied { counted, duplicates: vote_count as u64 - counted, dead_letters })
     }
 
     pub async fn ping(&self) -> Result<(), String> {
