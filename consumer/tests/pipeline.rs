@@ -213,7 +213,7 @@ impl Expected {
         assert!(self.ids.insert(id.to_owned()), "ingest gave two votes the id {id}");
         let (band, album, _, _) = vote(n);
         *self.by_band.entry(band.to_owned()).or_default() += 1;
-        *self.by_album.entry(format!("{band} / {album}")).or_default() += 1;
+        *self.by_album.entry(bandvote_domain::RedisKeys::album_field(band, album)).or_default() += 1;
         *self.by_route.entry(route.to_owned()).or_default() += 1;
     }
 
