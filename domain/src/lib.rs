@@ -5,6 +5,7 @@
 //! * [`roster`] is the optional list of contest bands and albums that rejects unknown candidates.
 //! * [`event`] is the versioned Kafka event, the one format producer and consumer share.
 //! * [`names`] holds every Redis key and MongoDB name, shared by the writer and the readers.
+//! * [`vote_log`] is what readers of the MongoDB vote log see: the logs API's JSON bodies.
 //!
 //! The crate does no I/O and builds for `wasm32-unknown-unknown`.
 
@@ -12,8 +13,10 @@ pub mod ballot;
 pub mod event;
 pub mod names;
 pub mod roster;
+pub mod vote_log;
 
 pub use ballot::{Ballot, FieldError, Input, InvalidVote, Rank, VoteId, Year};
 pub use event::{DecodeError, Route, VoteEvent};
 pub use names::{MongoNames, RedisKeys};
 pub use roster::{Roster, RosterError};
+pub use vote_log::{AlbumTally, BandTally, KafkaPosition, LogTallies, LoggedVote, RouteTally, VotePage};

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "kafka")]
 use rdkafka::ClientConfig;
 
 /// Where Kafka is and which topics carry votes.
+#[cfg(feature = "kafka")]
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma separated.
@@ -25,6 +27,7 @@ pub struct KafkaArgs {
     pub create_topics: bool,
 }
 
+#[cfg(feature = "kafka")]
 impl KafkaArgs {
     /// A client configuration with the brokers and the settings every client here shares;
     /// `client_id` names the client in the brokers' logs and metrics.

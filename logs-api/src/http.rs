@@ -1,0 +1,116 @@
+//! The HTTP surface: `GET /votes`, `GET /votes/{vote_id}`, `GET /tallies`, `GET /openapi.json`,
+//! and the operational `/healthz`, `/readyz`, `/metrics`. Every answer is JSON, errors included,
+//! in the shape of [`ApiError`].
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, RawQuery, State},
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use bandvote_domain::{LogTallies, LoggedVote, VoteId, VotePage};
+use bandvote_ops::{health, reply::ApiError};
+use serde_json::json;
+
+use crate::{
+    query::{Filter, LogQuery, ParamError},
+    store::{StoreError, VoteStore},
+};
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_page_size: u32,
+}
+
+#[derive(Clone)]
+struct AppState {
+    store: VoteStore,
+    limits: Limits,
+}
+
+pub fn router(store: VoteStore, limits: Limits) -> Router {
+    let ready_store = store.clone();
+    let ready: health::ReadyCheck = Arc::new(move || {
+        let store = ready_store.clone();
+        Box::pin(async move { store.ping().await })
+    });
+    Router::new()
+        .route("/", get(index))
+        .route("/votes", get(latest))
+        .route("/votes/{vote_id}", get(one))
+        .route("/tallies", get(tallies))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .with_state(AppState { store, limits })
+        .merge(health::routes(ready))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path; see GET /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "the logs API only reads: use GET")
+        })
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+async fn index() -> impl IntoResponse {
+    Json(json!({
+        "service": "bandvote-logs-api",
+        "votes": "/votes",
+        "tallies": "/tallies",
+        "openapi": "/openapi.json",
+    }))
+}
+
+async fn latest(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<VotePage>, ApiError> {
+    let query = LogQuery::parse(query.as_deref(), state.limits.max_page_size).map_err(invalid)?;
+    Ok(Json(state.store.page(&query).await.map_err(unavailable)?))
+}
+
+async fn one(
+    State(state): State<AppState>,
+    Path(vote_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<LoggedVote>, ApiError> {
+    if let Some(parameter) = query.as_deref().and_then(|q| form_urlencoded::parse(q.as_bytes()).next()) {
+        return Err(invalid(ParamError {
+            parameter: parameter.0.into_owned(),
+            problem: "unknown parameter; this endpoint takes none".into(),
+        }));
+    }
+    let vote_id =
+        VoteId::parse(&vote_id).map_err(|problem| invalid(ParamError { parameter: "vote_id".into(), problem }))?;
+    match state.store.one(&vote_id).await.map_err(unavailable)? {
+        Some(vote) => Ok(Json(vote)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no vote {:?} in the log (yet: a vote is logged a moment after it is accepted)", vote_id.as_str()),
+        )),
+    }
+}
+
+async fn tallies(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<LogTallies>, ApiError> {
+    let filter = Filter::parse(query.as_deref()).map_err(invalid)?;
+    Ok(Json(state.store.tallies(&filter).await.map_err(unavailable)?))
+}
+
+fn invalid(err: ParamError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", err.to_string())
+        .with_details(json!({"parameter": err.parameter, "problem": err.problem}))
+}
+
+fn unavailable(err: StoreError) -> ApiError {
+    tracing::warn!(error = %err, "vote log query failed");
+    metrics::counter!("bandvote_logs_api_query_errors_total").increment(1);
+    match err {
+        StoreError::TooManyGroups => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_groups", err.to_string())
+        }
+        StoreError::TimedOut(_) | StoreError::Unavailable(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", err.to_string())
+        }
+    }
+}

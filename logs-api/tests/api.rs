@@ -1,0 +1,381 @@
+//! The logs API against the real local MongoDB-protocol server, fed by the real pipeline: votes go
+//! in through ingest, Kafka and the consumer, and come out of the API.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use bandvote_testkit::{Services, VoteLog, read_tallies, unique, vote, wait_for};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// One test's pipeline (ingest, consumer, logs API, all in this process) on its own topic, Redis
+/// prefix and MongoDB database.
+struct Stack {
+    services: Services,
+    prefix: String,
+    database: String,
+    ingest: SocketAddr,
+    api: SocketAddr,
+    stop: CancellationToken,
+    client: reqwest::Client,
+}
+
+impl Stack {
+    async fn start(name: &str) -> Self {
+        let id = unique(name);
+        let services = Services::local();
+        let (topic, prefix, database) =
+            (format!("votes-{id}"), format!("test-{id}"), format!("t{}", id.replace('-', "_")));
+        let stop = CancellationToken::new();
+
+        let ingest =
+            bandvote_ingest::Ingest::build(bandvote_ingest::Config::parse_from(services.ingest_args(&topic, &[])))
+                .await
+                .expect("ingest starts");
+        let ingest_addr = ingest.http_addr();
+        tokio::spawn(ingest.run_until_stopped(stop.clone()));
+
+        let consumer = bandvote_consumer::Config::parse_from([
+            "bandvote-consumer".to_owned(),
+            "--port=0".into(),
+            "--kafka-session-timeout=6s".into(),
+            format!("--kafka-brokers={}", services.kafka_brokers),
+            format!("--kafka-topic={topic}"),
+            format!("--kafka-group=group-{id}"),
+            format!("--redis-url={}", services.redis_url),
+            format!("--redis-key-prefix={prefix}"),
+            format!("--mongodb-uri={}", services.mongodb_uri),
+            format!("--mongodb-database={database}"),
+        ]);
+        let consumer = bandvote_consumer::ConsumerService::build(consumer).await.expect("consumer starts");
+        tokio::spawn(consumer.run_until_stopped(stop.clone()));
+
+        let api = start_api(&services.mongodb_uri, &database, &stop).await;
+        Stack { services, prefix, database, ingest: ingest_addr, api, stop, client: reqwest::Client::new() }
+    }
+
+    /// Casts a vote through ingest (`/votes` for the HTTP route, `/grpc/insert` for gRPC).
+    async fn cast(&self, path: &str, n: usize, vote_id: &str) {
+        let (band, album, year, rank) = vote(n);
+        let body = json!({"name": band, "album": album, "year": year, "rank": rank, "vote_id": vote_id});
+        let response =
+            self.client.post(format!("http://{}{path}", self.ingest)).json(&body).send().await.expect("ingest answers");
+        assert_eq!(response.status(), 200, "{path} accepted vote {vote_id}");
+    }
+
+    async fn logged(&self, expected: u64) {
+        let log = VoteLog::open(&self.services.mongodb_uri, &self.database).await;
+        wait_for(&format!("{expected} votes logged"), Duration::from_secs(60), || async {
+            let count = log.count().await;
+            if count >= expected { Ok(()) } else { Err(format!("{count} logged")) }
+        })
+        .await;
+    }
+
+    async fn get(&self, path_and_query: &str) -> (u16, Value) {
+        get(&self.client, self.api, path_and_query).await
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        VoteLog::open(&self.services.mongodb_uri, &self.database).await.drop_database().await;
+        bandvote_testkit::clear_redis(&self.services.redis_url, &self.prefix).await;
+    }
+}
+
+async fn start_api(mongodb_uri: &str, database: &str, stop: &CancellationToken) -> SocketAddr {
+    let config = bandvote_logs_api::Config::parse_from([
+        "bandvote-logs-api".to_owned(),
+        "--port=0".into(),
+        "--query-timeout=2s".into(),
+        "--tally-cache=0s".into(),
+        format!("--mongodb-uri={mongodb_uri}"),
+        format!("--mongodb-database={database}"),
+    ]);
+    let api = bandvote_logs_api::LogsApi::build(config).await.expect("the logs API starts");
+    let addr = api.addr();
+    tokio::spawn(api.run_until_stopped(stop.clone()));
+    addr
+}
+
+async fn get(client: &reqwest::Client, api: SocketAddr, path_and_query: &str) -> (u16, Value) {
+    let response = client
+        .get(format!("http://{api}{path_and_query}"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("the logs API answers");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or_else(|e| panic!("GET {path_and_query} answered non-JSON: {e}"));
+    (status, body)
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["votes"].as_array().expect("votes array").iter().map(|v| v["vote_id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// The `n`-th vote id of a test; zero-padded so that ids sort like the order they were sent in.
+fn vote_id(prefix: &str, n: usize) -> String {
+    format!("{prefix}-{n:04}")
+}
+
+/// Asserts an error answer: status, code, and which parameter the message names.
+fn assert_error(answer: &(u16, Value), status: u16, code: &str, parameter: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    let error = &answer.1["error"];
+    assert_eq!(error["code"], code, "{}", answer.1);
+    assert_eq!(error["parameter"], parameter, "{}", answer.1);
+    let message = error["message"].as_str().expect("a message");
+    assert!(message.starts_with(&format!("{parameter}: ")), "the message names the parameter: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn latest_votes_filters_tallies_and_errors() {
+    let stack = Stack::start("logs-api").await;
+    // 45 votes sent one after another, the last 9 through the gRPC route's HTTP front.
+    let sent = 45;
+    for n in 0..sent {
+        let path = if n >= 36 { "/grpc/insert" } else { "/votes" };
+        stack.cast(path, n, &vote_id("a", n)).await;
+    }
+    stack.logged(sent as u64).await;
+    let newest_first: Vec<String> = (0..sent).rev().map(|n| vote_id("a", n)).collect();
+
+    // The default page: the latest 20, newest first, with a cursor to the rest.
+    let (status, page) = stack.get("/votes").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), newest_first[..20]);
+    assert!(page["next_cursor"].is_string(), "{page}");
+    let newest = &page["votes"][0];
+    let (band, album, _, _) = vote(sent - 1);
+    assert_eq!((newest["name"].as_str(), newest["album"].as_str()), (Some(band), Some(album)));
+    assert_eq!((newest["year"].as_i64(), newest["route"].as_str()), (Some(1997), Some("grpc")));
+    assert!(newest["received_at"].as_str().unwrap().ends_with('Z'), "{newest}");
+    assert!(newest["kafka"]["offset"].as_i64().unwrap() >= 0, "{newest}");
+
+    // Everything at once, and the maximum enforced.
+    let (_, all) = stack.get("/votes?limit=100").await;
+    assert_eq!(ids(&all), newest_first);
+    assert!(all["next_cursor"].is_null(), "the last page has no cursor: {all}");
+    assert_error(&stack.get("/votes?limit=101").await, 400, "invalid_parameter", "limit");
+
+    // One vote by id, and one that is not there.
+    let (status, one) = stack.get(&format!("/votes/{}", vote_id("a", 3))).await;
+    assert_eq!((status, &one), (200, &all["votes"][sent - 4]));
+    let (status, missing) = stack.get("/votes/no-such-vote").await;
+    assert_eq!((status, missing["error"]["code"].as_str()), (404, Some("not_found")), "{missing}");
+    assert_error(&stack.get("/votes/bad%20id").await, 400, "invalid_parameter", "vote_id");
+
+    // Each filter narrows to exactly the matching votes, newest first.
+    for (query, matches) in [
+        ("band=Alux%20Nahual", Box::new(|n: usize| vote(n).0 == "Alux Nahual") as Box<dyn Fn(usize) -> bool>),
+        ("band=Alux%20Nahual&album=Conquista", Box::new(|n| vote(n).0 == "Alux Nahual" && vote(n).1 == "Conquista")),
+        ("route=grpc", Box::new(|n| n >= 36)),
+        ("route=http&band=Viernes%20Verde", Box::new(|n| n < 36 && vote(n).0 == "Viernes Verde")),
+    ] {
+        let expected: Vec<String> = (0..sent).rev().filter(|n| matches(*n)).map(|n| vote_id("a", n)).collect();
+        assert!(!expected.is_empty(), "{query} matches some votes");
+        let (status, page) = stack.get(&format!("/votes?limit=100&{query}")).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(ids(&page), expected, "{query}");
+    }
+    let (_, none) = stack.get("/votes?band=%7B%22%24ne%22%3A%22%22%7D").await;
+    assert_eq!(ids(&none), Vec::<String>::new(), "an operator in a parameter is only a name: {none}");
+
+    // Tallies from the log equal what was sent, and what Redis counted.
+    let mut bands: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut albums: BTreeMap<(&str, &str), (u64, f64)> = BTreeMap::new();
+    for n in 0..sent {
+        let (band, album, _, rank) = vote(n);
+        *bands.entry(band).or_default() += 1;
+        let entry = albums.entry((band, album)).or_default();
+        entry.0 += 1;
+        entry.1 += rank.parse::<f64>().unwrap();
+    }
+    let (status, tallies) = stack.get("/tallies").await;
+    assert_eq!(status, 200, "{tallies}");
+    assert_eq!(tallies["total"], sent);
+    let got_bands: BTreeMap<&str, u64> = tallies["bands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap(), b["votes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got_bands, bands);
+    let counts: Vec<u64> = tallies["bands"].as_array().unwrap().iter().map(|b| b["votes"].as_u64().unwrap()).collect();
+    assert!(counts.windows(2).all(|w| w[0] >= w[1]), "most votes first: {counts:?}");
+    for album in tallies["albums"].as_array().unwrap() {
+        let key = (album["name"].as_str().unwrap(), album["album"].as_str().unwrap());
+        let (votes, rank_sum) = albums[&key];
+        assert_eq!(album["votes"].as_u64(), Some(votes), "{album}");
+        assert!((album["rank_avg"].as_f64().unwrap() - rank_sum / votes as f64).abs() < 1e-9, "{album}");
+    }
+    assert_eq!(tallies["albums"].as_array().unwrap().len(), albums.len());
+    assert_eq!(tallies["routes"], json!([{"route": "http", "votes": 36}, {"route": "grpc", "votes": 9}]));
+    let redis = read_tallies(&stack.services.redis_url, &stack.prefix).await;
+    assert_eq!(redis.total, sent as u64);
+    assert_eq!(redis.by_band, got_bands.iter().map(|(b, v)| ((*b).to_owned(), *v)).collect());
+    let (_, filtered) = stack.get("/tallies?band=Alux%20Nahual&route=http").await;
+    let expected = (0..36).filter(|n| vote(*n).0 == "Alux Nahual").count();
+    assert_eq!(filtered["total"], expected, "{filtered}");
+    assert_eq!(filtered["bands"], json!([{"name": "Alux Nahual", "votes": expected}]));
+
+    // Bad parameters: a clear JSON error naming the parameter, never a silently wider answer.
+    assert_error(&stack.get("/votes?limit=0").await, 400, "invalid_parameter", "limit");
+    assert_error(&stack.get("/votes?limit=abc").await, 400, "invalid_parameter", "limit");
+    assert_error(&stack.get("/votes?bnad=Alux").await, 400, "invalid_parameter", "bnad");
+    assert_error(&stack.get("/votes?route=ftp").await, 400, "invalid_parameter", "route");
+    assert_error(&stack.get("/votes?album=Conquista").await, 400, "invalid_parameter", "album");
+    assert_error(&stack.get("/votes?band=").await, 400, "invalid_parameter", "band");
+    assert_error(&stack.get("/votes?cursor=forged").await, 400, "invalid_parameter", "cursor");
+    assert_error(&stack.get("/votes?band=a&band=b").await, 400, "invalid_parameter", "band");
+    assert_error(&stack.get("/tallies?limit=5").await, 400, "invalid_parameter", "limit");
+    let (status, body) = stack.get("/nowhere").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let response = stack.client.post(format!("http://{}/votes", stack.api)).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.expect("405 is JSON too");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+
+    // The OpenAPI document it serves describes what it answers.
+    let (status, openapi) = stack.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(openapi["openapi"], "3.1.0");
+    let schemas = &openapi["components"]["schemas"];
+    conforms(&page, &schemas["VotePage"], schemas);
+    conforms(&all, &schemas["VotePage"], schemas);
+    conforms(&one, &schemas["LoggedVote"], schemas);
+    conforms(&tallies, &schemas["LogTallies"], schemas);
+    conforms(&missing, &schemas["Error"], schemas);
+    let documented: BTreeSet<&str> = openapi["paths"]["/votes"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(documented, BTreeSet::from(["limit", "cursor", "band", "album", "route"]));
+
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_have_no_gaps_or_repeats_while_votes_arrive() {
+    let stack = Stack::start("logs-pages").await;
+    let before = 60;
+    for n in 0..before {
+        stack.cast("/votes", n, &vote_id("p", n)).await;
+    }
+    stack.logged(before as u64).await;
+
+    // Page through 7 at a time while new votes keep arriving between pages.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut arrived = 0;
+    for page_number in 0.. {
+        assert!(page_number < 20, "paging ends");
+        let query = match &cursor {
+            Some(cursor) => format!("/votes?limit=7&cursor={cursor}"),
+            None => "/votes?limit=7".to_owned(),
+        };
+        let (status, page) = stack.get(&query).await;
+        assert_eq!(status, 200, "{page}");
+        let ids = ids(&page);
+        assert!(ids.len() <= 7);
+        seen.extend(ids);
+        for _ in 0..3 {
+            stack.cast("/votes", before + arrived, &vote_id("q", arrived)).await;
+            arrived += 1;
+        }
+        stack.logged((before + arrived) as u64).await;
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..before).rev().map(|n| vote_id("p", n)).collect();
+    assert_eq!(seen, expected, "every vote that was there once, newest first, none twice or missing");
+
+    // The newest page now starts with the votes that arrived meanwhile.
+    let (_, latest) = stack.get("/votes?limit=3").await;
+    assert_eq!(ids(&latest), (arrived - 3..arrived).rev().map(|n| vote_id("q", n)).collect::<Vec<_>>());
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_readiness_say_whether_mongodb_answers() {
+    let services = Services::local();
+    let stop = CancellationToken::new();
+    let client = reqwest::Client::new();
+    let up = start_api(&services.mongodb_uri, &unique("ready"), &stop).await;
+    assert_eq!(get(&client, up, "/healthz").await, (200, json!({"status": "ok"})));
+    assert_eq!(get(&client, up, "/readyz").await, (200, json!({"status": "ready"})));
+    let (status, empty) = get(&client, up, "/votes").await;
+    assert_eq!((status, empty), (200, json!({"votes": [], "next_cursor": null})), "an empty log is an empty page");
+
+    // Nothing listens on this port: alive, not ready, and queries answer 503 within the timeout.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down = start_api(&format!("mongodb://{closed}"), "bandvote", &stop).await;
+    assert_eq!(get(&client, down, "/healthz").await.0, 200);
+    let (status, body) = get(&client, down, "/readyz").await;
+    assert_eq!((status, body["status"].as_str()), (503, Some("unavailable")), "{body}");
+    let started = std::time::Instant::now();
+    let (status, body) = get(&client, down, "/votes").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused within the query timeout");
+    let (status, _) = get(&client, down, "/tallies").await;
+    assert_eq!(status, 503);
+
+    let metrics = client.get(format!("http://{up}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("bandvote_logs_api_query_seconds"), "{metrics}");
+    stop.cancel();
+}
+
+/// Checks `value` against a JSON Schema subset (type, enum, required, properties,
+/// additionalProperties: false, items, $ref) as the OpenAPI document uses it.
+fn conforms(value: &Value, schema: &Value, schemas: &Value) {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.rsplit('/').next().unwrap();
+        return conforms(value, &schemas[name], schemas);
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if !types.is_empty() {
+        let fits = types.iter().any(|t| match *t {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "null" => value.is_null(),
+            other => panic!("unknown schema type {other}"),
+        });
+        assert!(fits, "{value} is not of type {types:?}");
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        assert!(allowed.contains(value), "{value} is not one of {allowed:?}");
+    }
+    if let Some(object) = value.as_object() {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            assert!(object.contains_key(required.as_str().unwrap()), "{value} lacks {required}");
+        }
+        for (key, field) in object {
+            match schema["properties"].get(key) {
+                Some(property) => conforms(field, property, schemas),
+                None => assert!(schema["additionalProperties"] != false, "{key} is not in the schema: {value}"),
+            }
+        }
+    }
+    if let (Some(items), Some(schema_items)) = (value.as_array(), schema.get("items")) {
+        for item in items {
+            conforms(item, schema_items, schemas);
+        }
+    }
+}
