@@ -5,6 +5,7 @@
 //! * [`roster`] is the optional list of contest bands and albums that rejects unknown candidates.
 //! * [`event`] is the versioned Kafka event, the one format producer and consumer share.
 //! * [`names`] holds every Redis key and MongoDB name, shared by the writer and the readers.
+//! * [`reply`] holds the JSON bodies of the HTTP vote routes, shared by the native and Wasm fronts.
 //! * [`vote_log`] is what readers of the MongoDB vote log see: the logs API's JSON bodies.
 //!
 //! The crate does no I/O and builds for `wasm32-unknown-unknown`.
@@ -12,6 +13,7 @@
 pub mod ballot;
 pub mod event;
 pub mod names;
+pub mod reply;
 pub mod roster;
 pub mod vote_log;
 

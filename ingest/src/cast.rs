@@ -25,7 +25,7 @@ pub enum CastError {
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     /// Nothing was published: these votes (by index) are invalid.
-    #[error("{} of {total} votes are invalid; nothing was accepted", invalid.len())]
+    #[error("{}", bandvote_domain::reply::invalid_batch_message(*total, invalid.len()))]
     Invalid { total: usize, invalid: Vec<(usize, InvalidVote)> },
     /// Some votes were published and some were not. Every vote has its id, so re-sending the
     /// failed ones with those ids cannot count any vote twice.

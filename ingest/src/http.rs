@@ -1,5 +1,10 @@
 //! The HTTP route (the original "Rust" producer): `POST /votes`, `POST /votes/batch`, and the
 //! original paths `/rust/send_data`, `/rust`, `/insert` and `/`.
+//!
+//! The same handlers also serve the Wasm route's producer side ([`wasm_router`]): the
+//! WebAssembly front (`ingest-wasm`) checks each vote, then forwards it over loopback to
+//! `POST /wasm/votes` or `POST /wasm/votes/batch`, which cast it as [`Route::Wasm`] and answer
+//! only after Kafka's acknowledgement.
 
 use axum::{
     Router,
@@ -9,7 +14,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use bandvote_domain::{Route, ballot::BallotInput};
+use bandvote_domain::{Route, ballot::BallotInput, reply as bodies};
 use serde_json::Value;
 
 use crate::{
@@ -28,8 +33,10 @@ pub struct Limits {
 struct HttpRoute {
     caster: Caster,
     limits: Limits,
+    route: Route,
 }
 
+/// The HTTP route: votes cast as [`Route::Http`].
 pub fn router(caster: Caster, limits: Limits) -> Router {
     let one = post(cast_one);
     Router::new()
@@ -39,38 +46,37 @@ pub fn router(caster: Caster, limits: Limits) -> Router {
         .route("/insert", one.clone())
         .route("/", one)
         .route("/votes/batch", post(cast_batch))
-        .with_state(HttpRoute { caster, limits })
+        .with_state(HttpRoute { caster, limits, route: Route::Http })
+}
+
+/// The endpoints the Wasm front forwards to: votes cast as [`Route::Wasm`].
+pub fn wasm_router(caster: Caster, limits: Limits) -> Router {
+    Router::new()
+        .route("/wasm/votes", post(cast_one))
+        .route("/wasm/votes/batch", post(cast_batch))
+        .with_state(HttpRoute { caster, limits, route: Route::Wasm })
 }
 
 async fn cast_one(State(http): State<HttpRoute>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let value = read_json(Route::Http, body)?;
-    let input = BallotInput::from_json(&value).inspect_err(|_| rejected(Route::Http, "invalid", 1))?;
-    let ballot = http.caster.check(Route::Http, &input)?;
-    let vote_id = http.caster.cast(Route::Http, ballot).await?;
+    let route = http.route;
+    let value = read_json(route, body)?;
+    let input = BallotInput::from_json(&value).inspect_err(|_| rejected(route, "invalid", 1))?;
+    let ballot = http.caster.check(route, &input)?;
+    let vote_id = http.caster.cast(route, ballot).await?;
     Ok(reply::accepted(&vote_id).into_response())
 }
 
 /// Takes a JSON array of votes, or `{"votes": [...]}`; all are checked before any is published.
 async fn cast_batch(State(http): State<HttpRoute>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let value = read_json(Route::Http, body)?;
-    let votes = match value {
-        Value::Array(votes) => votes,
-        Value::Object(mut object) => match object.remove("votes") {
-            Some(Value::Array(votes)) => votes,
-            _ => return Err(malformed("a batch must be a JSON array of votes or {\"votes\": [...]}")),
-        },
-        _ => return Err(malformed("a batch must be a JSON array of votes or {\"votes\": [...]}")),
-    };
-    if votes.is_empty() {
-        return Err(malformed("the batch holds no votes"));
-    }
+    let route = http.route;
+    let value = read_json(route, body)?;
+    let votes = bodies::batch_votes(value, usize::MAX).map_err(|refused| {
+        rejected(route, "malformed", 1);
+        ApiError(refused)
+    })?;
     if votes.len() > http.limits.max_batch {
-        rejected(Route::Http, "too_large", votes.len());
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!("a batch may hold at most {} votes, got {}", http.limits.max_batch, votes.len()),
-        ));
+        rejected(route, "too_large", votes.len());
+        return Err(bodies::ErrorReply::batch_too_large(http.limits.max_batch, votes.len()).into());
     }
     let mut inputs = Vec::with_capacity(votes.len());
     let mut not_objects = Vec::new();
@@ -81,16 +87,11 @@ async fn cast_batch(State(http): State<HttpRoute>, body: Result<Bytes, BytesReje
         }
     }
     if !not_objects.is_empty() {
-        rejected(Route::Http, "invalid", not_objects.len());
+        rejected(route, "invalid", not_objects.len());
         return Err(crate::cast::BatchError::Invalid { total: votes.len(), invalid: not_objects }.into());
     }
-    let vote_ids = http.caster.cast_all(Route::Http, &inputs).await?;
+    let vote_ids = http.caster.cast_all(route, &inputs).await?;
     Ok(reply::accepted_all(&vote_ids).into_response())
-}
-
-fn malformed(message: &str) -> ApiError {
-    rejected(Route::Http, "malformed", 1);
-    ApiError::malformed(message)
 }
 
 /// Reads a request body as JSON, with a JSON error for a body too large or not JSON.
@@ -105,8 +106,8 @@ pub fn read_json(route: Route, body: Result<Bytes, BytesRejection>) -> Result<Va
             ApiError::new(status, "bad_request", rejection.body_text())
         }
     })?;
-    serde_json::from_slice(&body).map_err(|err| {
+    bodies::parse_json(&body).map_err(|refused| {
         rejected(route, "malformed", 1);
-        ApiError::malformed(format!("the body is not valid JSON: {err}"))
+        ApiError(refused)
     })
 }

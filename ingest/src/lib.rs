@@ -4,6 +4,8 @@
 //!   health and reflection, plus its HTTP front `POST /grpc/insert` ([`grpc_front`]) that forwards
 //!   each vote over a real gRPC channel, as the original "gRPC client" did.
 //! * The HTTP route ([`http`]): `POST /votes`, `POST /votes/batch` and the original paths.
+//! * The Wasm route's producer side ([`http::wasm_router`]): `POST /wasm/votes` and
+//!   `/wasm/votes/batch`, which the WebAssembly front in `ingest-wasm` forwards checked votes to.
 //!
 //! Both routes go through [`cast::Caster`]: validate, check the roster, give the vote its id, and
 //! publish it with the process's one [`publisher::Publisher`].
@@ -34,11 +36,14 @@ use tokio_util::sync::CancellationToken;
 use crate::{cast::Caster, grpc::VoteService, publisher::Publisher, reply::ApiError};
 
 /// Which routes this process serves. The gRPC route's pod serves `grpc`, the HTTP route's pod
-/// `http`; locally one process serves both.
+/// `http`, the Wasm route's producer `wasm`; locally one process serves both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Serve {
     Grpc,
     Http,
+    /// The producer side of the Wasm route: `POST /wasm/votes` and `/wasm/votes/batch`, called
+    /// by the WebAssembly front (`ingest-wasm`) over loopback.
+    Wasm,
 }
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -146,6 +151,10 @@ impl Ingest {
         if config.routes.contains(&Serve::Http) {
             let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch_votes };
             router = router.merge(http::router(caster.clone(), limits));
+        }
+        if config.routes.contains(&Serve::Wasm) {
+            let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch_votes };
+            router = router.merge(http::wasm_router(caster.clone(), limits));
         }
         if let Some(target) = &front_target {
             let timeout = config.produce_timeout + Duration::from_secs(2);

@@ -1,58 +1,55 @@
 //! Every HTTP reply is JSON, errors included: the original Locust clients call `res.json()` on
-//! whatever comes back. Errors are mapped to a status once, here.
+//! whatever comes back. The bodies are defined once in `bandvote_domain::reply` (the Wasm front
+//! answers with the same ones); errors are mapped to a status once, here.
 
 use axum::{
     Json,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use bandvote_domain::{InvalidVote, VoteId};
+use bandvote_domain::{InvalidVote, VoteId, reply::ErrorReply};
 use serde_json::{Value, json};
 
 use crate::cast::{BatchError, CastError};
 
 /// An error reply: `{"error": {"code": ..., "message": ..., ...details}}`.
 #[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub details: Value,
-}
+pub struct ApiError(pub ErrorReply);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Value::Null }
+        ApiError(ErrorReply::new(status.as_u16(), code, message))
     }
 
     pub fn malformed(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message)
+        ApiError(ErrorReply::malformed(message))
     }
 
-    pub fn with_details(mut self, details: Value) -> Self {
-        self.details = details;
-        self
+    pub fn with_details(self, details: Value) -> Self {
+        ApiError(self.0.with_details(details))
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.0.code
+    }
+}
+
+impl From<ErrorReply> for ApiError {
+    fn from(reply: ErrorReply) -> Self {
+        ApiError(reply)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let (Some(error), Value::Object(details)) = (error.as_object_mut(), self.details) {
-            error.extend(details);
-        }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0.body())).into_response()
     }
-}
-
-pub fn field_errors(invalid: &InvalidVote) -> Value {
-    invalid.errors.iter().map(|e| json!({"field": e.field, "problem": e.problem})).collect()
 }
 
 impl From<InvalidVote> for ApiError {
     fn from(invalid: InvalidVote) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_vote", invalid.to_string())
-            .with_details(json!({ "fields": field_errors(&invalid) }))
+        ApiError(ErrorReply::invalid_vote(&invalid))
     }
 }
 
@@ -60,12 +57,10 @@ impl From<CastError> for ApiError {
     fn from(err: CastError) -> Self {
         match err {
             CastError::Invalid(invalid) => invalid.into(),
-            CastError::Unavailable { vote_id, error } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("{error}; try again with this vote_id"),
-            )
-            .with_details(json!({ "vote_id": vote_id.as_str() })),
+            CastError::Unavailable { vote_id, error } => {
+                ApiError(ErrorReply::unavailable(format!("{error}; try again with this vote_id")))
+                    .with_details(json!({ "vote_id": vote_id.as_str() }))
+            }
         }
     }
 }
@@ -74,15 +69,11 @@ impl From<BatchError> for ApiError {
     fn from(err: BatchError) -> Self {
         let message = err.to_string();
         match err {
-            BatchError::Invalid { invalid, .. } => {
-                let votes: Vec<Value> =
-                    invalid.iter().map(|(index, e)| json!({"index": index, "fields": field_errors(e)})).collect();
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_vote", message).with_details(json!({ "votes": votes }))
-            }
+            BatchError::Invalid { total, invalid } => ApiError(ErrorReply::invalid_batch(total, &invalid)),
             BatchError::Partial { accepted, failed, .. } => {
                 let failed: Vec<Value> =
                     failed.iter().map(|(index, id)| json!({"index": index, "vote_id": id.as_str()})).collect();
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+                ApiError(ErrorReply::unavailable(message))
                     .with_details(json!({ "accepted": ids(&accepted), "failed": failed }))
             }
         }
@@ -95,10 +86,10 @@ fn ids(ids: &[VoteId]) -> Vec<&str> {
 
 /// The reply to an accepted vote.
 pub fn accepted(vote_id: &VoteId) -> Json<Value> {
-    Json(json!({"status": "accepted", "vote_id": vote_id.as_str()}))
+    Json(bandvote_domain::reply::accepted(vote_id))
 }
 
 /// The reply to an accepted batch.
 pub fn accepted_all(vote_ids: &[VoteId]) -> Json<Value> {
-    Json(json!({"status": "accepted", "accepted": vote_ids.len(), "vote_ids": ids(vote_ids)}))
+    Json(bandvote_domain::reply::accepted_all(vote_ids))
 }
