@@ -1,0 +1,382 @@
+"""k8s/: every kustomization renders, every object validates, every reference resolves, and the
+deployment has the shape the design asks for (namespaces, Strimzi KRaft, routes, scaling,
+hardening). No cluster is needed: see k8s_model.py for how each check works."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from k8s_model import load_crds, reference_errors, render, schema_errors, crd_errors
+
+OVERLAYS = ["k8s/base", "k8s/overlays/gke"]
+
+
+def kustomizations(repo: Path) -> list[str]:
+    found = sorted(str(p.parent.relative_to(repo)) for p in repo.glob("k8s/**/kustomization.yaml"))
+    found += sorted(str(p.parent.relative_to(repo)) for p in repo.glob("grafana/**/kustomization.yaml"))
+    return found
+
+
+@pytest.fixture(scope="module")
+def rendered(kustomize, repo, tmp_path_factory) -> dict[str, list[dict]]:
+    work = tmp_path_factory.mktemp("k8s")
+    return {k: render(kustomize, repo, work, k) for k in kustomizations(repo)}
+
+
+@pytest.fixture(scope="module")
+def crds(crd_dir):
+    loaded = load_crds(crd_dir)
+    for needed in [("kafka.strimzi.io/v1", k) for k in ("Kafka", "KafkaNodePool", "KafkaTopic")] + [
+        ("gateway.networking.k8s.io/v1", k) for k in ("Gateway", "HTTPRoute")
+    ]:
+        assert needed in loaded, f"the cached CRDs lack {needed}; run dev/tools install k8s-schemas"
+    return loaded
+
+
+def objects_of(rendered, kustomization, kind):
+    return [o for o in rendered[kustomization] if o["kind"] == kind]
+
+
+def by_name(objects, kind, name):
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert matches, f"no {kind} {name}"
+    return matches[0]
+
+
+def test_every_kustomization_renders(rendered, repo):
+    assert set(OVERLAYS) <= set(rendered), f"expected kustomizations {OVERLAYS}, found {sorted(rendered)}"
+    for name, objects in rendered.items():
+        assert objects, f"{name} renders nothing"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates_against_its_schema(rendered, crds, overlay):
+    errors = schema_errors(rendered[overlay], crds)
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_reference_between_objects_resolves(rendered, overlay):
+    errors = reference_errors(rendered[overlay])
+    assert not errors, "\n".join(errors)
+
+
+# --- the checks can fail ------------------------------------------------------------------------
+
+
+def _find(objects, kind, name):
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"].startswith(name))
+
+
+def _container(objects, workload, name=None):
+    pod = _find(objects, "Deployment", workload)["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if name is None or c["name"] == name)
+
+
+def break_service_selector(objs):
+    _find(objs, "Service", "ingest-http")["spec"]["selector"] = {"app": "ingest-htp"}
+
+
+def break_service_target_port(objs):
+    _find(objs, "Service", "ingest-grpc")["spec"]["ports"][1]["targetPort"] = "grcp"
+
+
+def break_ingress_service(objs):
+    _find(objs, "Ingress", "bandvote")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "ingest-rpc"
+
+
+def break_ingress_port(objs):
+    path = _find(objs, "Ingress", "bandvote")["spec"]["rules"][0]["http"]["paths"][1]
+    path["backend"]["service"]["port"] = {"number": 8081}
+
+
+def break_secret_key(objs):
+    env = _container(objs, "consumer")["env"]
+    next(e for e in env if e["name"] == "MONGODB_URI")["valueFrom"]["secretKeyRef"]["key"] = "MONGO_URI"
+
+
+def break_secret_name(objs):
+    stateful = _find(objs, "StatefulSet", "redis")
+    stateful["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] = "redis-password"
+
+
+def break_configmap_ref(objs):
+    _container(objs, "ingest-http")["envFrom"][0]["configMapRef"]["name"] = "kafka-clients"
+
+
+def break_configmap_key(objs):
+    volumes = _find(objs, "StatefulSet", "redis")["spec"]["template"]["spec"]["volumes"]
+    volumes[0]["configMap"]["items"][0]["key"] = "redis.cnf"
+
+
+def break_pvc(objs):
+    pod = _find(objs, "Deployment", "grafana")["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "extra", "persistentVolumeClaim": {"claimName": "grafana-data"}})
+
+
+def break_service_account(objs):
+    _find(objs, "Deployment", "consumer")["spec"]["template"]["spec"]["serviceAccountName"] = "consumers"
+
+
+def break_hpa_target(objs):
+    _find(objs, "HorizontalPodAutoscaler", "consumer")["spec"]["scaleTargetRef"]["name"] = "consumers"
+
+
+def break_pdb_selector(objs):
+    _find(objs, "PodDisruptionBudget", "ingest-wasm")["spec"]["selector"]["matchLabels"]["app"] = "wasm"
+
+
+def break_kafka_address(objs):
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("kafka-client"))
+    cm["data"]["KAFKA_BROKERS"] = "bandvote-kafka-bootstrap.kafka.svc.cluster.local:9093"
+
+
+def break_topic(objs):
+    next(o for o in objs if o["kind"] == "KafkaTopic" and o["metadata"]["name"] == "votes-dlq")["spec"]["topicName"] = "votes-dlq"
+
+
+def break_strimzi_cluster_label(objs):
+    _find(objs, "KafkaNodePool", "dual-role")["metadata"]["labels"]["strimzi.io/cluster"] = "votes"
+
+
+def break_volume_mount(objs):
+    _container(objs, "grafana")["volumeMounts"][0]["name"] = "grafana-data"
+
+
+def break_probe_port(objs):
+    _container(objs, "ingest-wasm", "producer")["readinessProbe"]["httpGet"]["port"] = "http"
+
+
+BREAKS = {
+    "service selector": (break_service_selector, "matches no pods"),
+    "service target port": (break_service_target_port, "targets grcp"),
+    "ingress service": (break_ingress_service, "Service ingest-rpc does not exist"),
+    "ingress port": (break_ingress_port, "has no port 8081"),
+    "secret key": (break_secret_key, "has no key MONGO_URI"),
+    "secret name": (break_secret_name, "Secret redis-password does not exist"),
+    "configmap name": (break_configmap_ref, "ConfigMap kafka-clients does not exist"),
+    "configmap key": (break_configmap_key, "has no key redis.cnf"),
+    "persistent volume claim": (break_pvc, "PersistentVolumeClaim grafana-data does not exist"),
+    "service account": (break_service_account, "serviceAccountName consumers does not exist"),
+    "hpa target": (break_hpa_target, "Deployment consumers does not exist"),
+    "pdb selector": (break_pdb_selector, "matches no pods"),
+    "address in configuration": (break_kafka_address, "no listener on port 9093"),
+    "dead-letter topic": (break_topic, "topic votes.dlq is not a KafkaTopic"),
+    "strimzi cluster label": (break_strimzi_cluster_label, "strimzi.io/cluster votes"),
+    "volume mount": (break_volume_mount, "mounts undefined volume grafana-data"),
+    "probe port": (break_probe_port, "readinessProbe uses unknown port http"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKS))
+def test_a_broken_reference_is_reported(rendered, breakage):
+    objects = copy.deepcopy(rendered["k8s/overlays/gke"])
+    assert not reference_errors(objects)
+    mutate, expected = BREAKS[breakage]
+    mutate(objects)
+    errors = reference_errors(objects)
+    assert any(expected in e for e in errors), f"expected an error containing {expected!r}, got {errors}"
+
+
+def test_a_custom_resource_that_breaks_its_crd_is_reported(rendered, crds):
+    objects = copy.deepcopy(rendered["k8s/overlays/gke"])
+    topic = _find(objects, "KafkaTopic", "votes")
+    topic["spec"]["partitions"] = "six"
+    assert any("partitions" in e for e in crd_errors(topic, crds))
+    kafka = _find(objects, "Kafka", "bandvote")
+    del kafka["spec"]["kafka"]["listeners"]
+    assert any("listeners" in e for e in crd_errors(kafka, crds))
+    pool = _find(objects, "KafkaNodePool", "dual-role")
+    pool["spec"]["storage"]["volumez"] = []
+    assert any("volumez" in e for e in crd_errors(pool, crds))
+    route = _find(objects, "HTTPRoute", "ingest-grpc")
+    route["spec"]["rules"][0]["backendRefs"][0]["port"] = "grpc"
+    assert any("port" in e for e in crd_errors(route, crds))
+
+
+def test_a_built_in_object_that_breaks_its_schema_is_reported(rendered, crds):
+    objects = copy.deepcopy(rendered["k8s/overlays/gke"])
+    deployment = _find(objects, "Deployment", "consumer")
+    deployment["spec"]["replicas"] = "two"
+    service = _find(objects, "Service", "ingest-http")
+    service["spec"]["prots"] = []
+    errors = schema_errors([deployment, service], crds)
+    assert any("replicas" in e for e in errors), errors
+    assert any("prots" in e for e in errors), errors
+
+
+# --- the shape the design asks for --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gke(rendered):
+    return rendered["k8s/overlays/gke"]
+
+
+def pods_of(objects):
+    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def env_of(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_namespaces_per_role(gke):
+    names = {o["metadata"]["name"] for o in gke if o["kind"] == "Namespace"}
+    assert {"ingest", "kafka", "consumer", "datastores", "monitoring"} <= names
+
+
+def test_kafka_is_strimzi_kraft_with_topics_for_five_consumers(gke):
+    kafka = by_name(gke, "Kafka", "bandvote")
+    pools = [o for o in gke if o["kind"] == "KafkaNodePool"]
+    assert "zookeeper" not in kafka["spec"]
+    assert any("controller" in p["spec"]["roles"] for p in pools), "KRaft needs a controller node pool"
+    assert any("broker" in p["spec"]["roles"] for p in pools)
+    topics = {o["spec"]["topicName"]: o for o in gke if o["kind"] == "KafkaTopic"}
+    hpa = by_name(gke, "HorizontalPodAutoscaler", "consumer")
+    assert topics["votes"]["spec"]["partitions"] >= max(6, hpa["spec"]["maxReplicas"])
+    assert "votes.dlq" in topics
+    assert sum(p["spec"]["replicas"] for p in pools) >= topics["votes"]["spec"]["replicas"]
+
+
+def test_services_do_not_create_topics(gke):
+    for cm in (o for o in gke if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("kafka-client")):
+        assert cm["data"]["KAFKA_CREATE_TOPICS"] == "false"
+    for workload in ("ingest-grpc", "ingest-http", "ingest-wasm", "consumer"):
+        pod = by_name(gke, "Deployment", workload)["spec"]["template"]["spec"]
+        for c in pod["containers"]:
+            if c["image"].endswith(("/ingest:0.1.0", "/consumer:0.1.0")) or "ingest:" in c["image"]:
+                assert any(s.get("configMapRef", {}).get("name", "").startswith("kafka-client") for s in c.get("envFrom", []))
+
+
+def test_routes_each_have_their_pod_and_clusterip(gke):
+    grpc = by_name(gke, "Deployment", "ingest-grpc")["spec"]["template"]["spec"]["containers"][0]
+    http = by_name(gke, "Deployment", "ingest-http")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(grpc)["INGEST_ROUTES"] == "grpc"
+    assert env_of(http)["INGEST_ROUTES"] == "http"
+    for name in ("ingest-grpc", "ingest-http", "ingest-wasm"):
+        assert by_name(gke, "Service", name)["spec"]["type"] == "ClusterIP"
+    wasm = by_name(gke, "Deployment", "ingest-wasm")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in wasm] == ["wasm", "producer"]
+    assert env_of(wasm[0])["INGEST_URL"] == "http://127.0.0.1:8090"
+    assert env_of(wasm[1])["INGEST_ROUTES"] == "wasm" and env_of(wasm[1])["PORT"] == "8090"
+    assert [p["port"] for p in by_name(gke, "Service", "ingest-wasm")["spec"]["ports"]] == [8080]
+
+
+def test_ingress_routes_the_original_paths(gke):
+    ingress = by_name(gke, "Ingress", "bandvote")
+    paths = {p["path"]: p["backend"]["service"]["name"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    assert paths["/grpc"] == "ingest-grpc"
+    assert paths["/rust"] == "ingest-http"
+    assert paths["/wasm"] == "ingest-wasm"
+    assert ingress["metadata"]["annotations"]["kubernetes.io/ingress.class"] == "gce"
+
+
+def test_native_grpc_reaches_every_pod_over_http2(gke):
+    route = by_name(gke, "HTTPRoute", "ingest-grpc")
+    backend = route["spec"]["rules"][0]["backendRefs"][0]
+    service = by_name(gke, "Service", backend["name"])
+    port = next(p for p in service["spec"]["ports"] if p["port"] == backend["port"])
+    assert port["appProtocol"] == "kubernetes.io/h2c"
+    prefixes = {m["path"]["value"] for m in route["spec"]["rules"][0]["matches"]}
+    assert "/bandvote.v1.Votes/" in prefixes and "/confproto.getInfo/" in prefixes
+    headless = by_name(gke, "Service", "ingest-grpc-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+
+
+def test_consumer_runs_two_and_scales_to_five(gke):
+    assert by_name(gke, "Deployment", "consumer")["spec"]["replicas"] == 2
+    hpa = by_name(gke, "HorizontalPodAutoscaler", "consumer")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
+
+
+def test_datastores_are_persistent_statefulsets_with_secret_credentials(gke):
+    for name in ("redis", "mongodb"):
+        stateful = by_name(gke, "StatefulSet", name)
+        assert stateful["metadata"]["namespace"] == "datastores"
+        assert stateful["spec"]["volumeClaimTemplates"], f"{name} has no persistent volume"
+        env = stateful["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert all("secretKeyRef" in e["valueFrom"] for e in env if "PASSWORD" in e["name"])
+    redis_conf = next(o for o in gke if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("redis-config"))
+    assert "appendonly yes" in redis_conf["data"]["redis.conf"]
+
+
+def test_grafana_gets_the_plugin_and_the_provisioning(gke):
+    pod = by_name(gke, "Deployment", "grafana")["spec"]["template"]["spec"]
+    assert any("redis-datasource" in c.get("command", []) for c in pod["initContainers"])
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/etc/grafana/provisioning/datasources", "/etc/grafana/provisioning/dashboards"} <= mounts
+    dashboards = next(o for o in gke if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("grafana-dashboards"))
+    assert "bandvote-votes.json" in dashboards["data"]
+
+
+def test_every_pod_is_hardened_probed_and_bounded(gke):
+    problems = []
+    for workload in pods_of(gke):
+        where = f"{workload['kind']}/{workload['metadata']['name']}"
+        pod = workload["spec"]["template"]["spec"]
+        if not pod.get("securityContext", {}).get("runAsNonRoot"):
+            problems.append(f"{where}: not runAsNonRoot")
+        if pod.get("automountServiceAccountToken") is None and not any(
+            sa["metadata"]["name"] == pod.get("serviceAccountName") and sa.get("automountServiceAccountToken") is False
+            for sa in gke
+            if sa["kind"] == "ServiceAccount"
+        ):
+            problems.append(f"{where}: mounts a service account token it does not need")
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            sc = c.get("securityContext", {})
+            if not sc.get("readOnlyRootFilesystem") or sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}/{c['name']}: root filesystem writable or privilege escalation allowed")
+            if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                problems.append(f"{where}/{c['name']}: capabilities not dropped")
+            if not c.get("resources", {}).get("requests") or not c.get("resources", {}).get("limits", {}).get("memory"):
+                problems.append(f"{where}/{c['name']}: no requests or memory limit")
+            if c in pod["containers"] and not (c.get("readinessProbe") and c.get("livenessProbe")):
+                problems.append(f"{where}/{c['name']}: no readiness or liveness probe")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_workload_has_a_disruption_budget(gke):
+    pdbs = [o for o in gke if o["kind"] == "PodDisruptionBudget"]
+    from k8s_model import selects
+
+    for workload in pods_of(gke):
+        if workload["kind"] == "StatefulSet":
+            continue  # one replica each: a budget would only block node drains
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        ns = workload["metadata"]["namespace"]
+        assert any(
+            p["metadata"]["namespace"] == ns and selects(p["spec"]["selector"], labels) for p in pdbs
+        ), f"{workload['metadata']['name']} has no PodDisruptionBudget"
+
+
+def test_network_policies_deny_by_default_and_open_only_the_design_flows(gke):
+    policies = [o for o in gke if o["kind"] == "NetworkPolicy"]
+    for ns in ("ingest", "consumer", "datastores", "monitoring"):
+        assert any(
+            p["metadata"]["namespace"] == ns and p["spec"]["podSelector"] == {} and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+            and not p["spec"].get("ingress") and not p["spec"].get("egress")
+            for p in policies
+        ), f"{ns} has no default-deny policy"
+    redis_in = by_name(gke, "NetworkPolicy", "redis-clients")["spec"]["ingress"][0]["from"]
+    assert {peer["podSelector"]["matchLabels"]["app"] for peer in redis_in} == {"consumer", "grafana"}
+    mongo_in = [o for o in policies if o["metadata"]["name"] == "mongodb-clients"][0]["spec"]["ingress"][0]["from"]
+    assert [peer["podSelector"]["matchLabels"]["app"] for peer in mongo_in] == ["consumer"]
+    serve = by_name(gke, "NetworkPolicy", "ingest-serve")["spec"]["ingress"]
+    assert [p["port"] for rule in serve for p in rule["ports"]] == [8080], "the Wasm producer's 8090 must stay closed"
+    peers = by_name(gke, "Kafka", "bandvote")["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
+    assert {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers} == {"ingest", "consumer"}
+
+
+def test_no_real_secret_is_committed(repo):
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "k8s"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    assert not [f for f in tracked if f.endswith(".env")], "secret env files must stay untracked"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "k8s/base/secrets/redis.env"], cwd=repo
+    )
+    assert ignored.returncode == 0, "k8s/base/secrets/*.env must be git-ignored"
