@@ -256,3 +256,45 @@ pub fn vote(n: usize) -> (&'static str, &'static str, &'static str, &'static str
     let ranks = ["9.5", "86", "7", "10", "3.25"];
     (band, album, "1997", ranks[n % ranks.len()])
 }
+
+/// The Wasm route's component, built by `dev/build-wasm` (which `dev/test` runs) into the same
+/// target folder as the running test. Panics, saying how to build it, when it is missing.
+pub fn wasm_component() -> PathBuf {
+    let path = std::env::var_os("BANDVOTE_WASM_COMPONENT").map(PathBuf::from).unwrap_or_else(|| {
+        // A test binary lives in <target>/<profile>/deps/.
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let target = exe.ancestors().nth(3).expect("the test binary is in <target>/<profile>/deps");
+        target.join("wasm32-wasip2/release/bandvote-ingest-wasm.wasm")
+    });
+    assert!(
+        path.is_file(),
+        "the Wasm component is not built at {}: run `dev/build-wasm` (dev/test does), with the same \
+         CARGO_TARGET_DIR as the tests, or set BANDVOTE_WASM_COMPONENT",
+        path.display()
+    );
+    path
+}
+
+/// The wasmtime CLI: `$WASMTIME`, else the one `dev/tools install wasmtime` caches, else `PATH`'s.
+/// Panics, saying how to install it, when there is none.
+pub fn wasmtime() -> PathBuf {
+    if let Some(path) = std::env::var_os("WASMTIME") {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("BANDVOTE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/bandvote")
+    });
+    let cached = cache.join("bin/wasmtime");
+    if cached.is_file() {
+        return cached;
+    }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("wasmtime")).find(|p| p.is_file()));
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "the wasmtime CLI is not installed (looked for $WASMTIME, {} and PATH): run \
+             `dev/tools install wasmtime` (dev/test does)",
+            cached.display()
+        )
+    })
+}

@@ -1,0 +1,334 @@
+//! The Wasm route end to end: the `ingest-wasm` component under `wasmtime serve`, a native ingest
+//! with `INGEST_ROUTES=wasm` beside it (as in its pod), Kafka, a consumer, Redis and MongoDB.
+//!
+//! The component is built by `dev/build-wasm` and wasmtime is installed by `dev/tools`; `dev/test`
+//! does both first. Without them these tests fail, saying how to get them.
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use bandvote_testkit::{BANDS, Services, read_topic, unique, vote};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::{Expected, Pipeline, accepted_id, json_vote};
+
+/// `wasmtime serve` running the component on a free port, stopped when dropped.
+struct WasmFront {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    client: reqwest::Client,
+}
+
+impl WasmFront {
+    /// Starts the component, forwarding to `ingest_url`, and waits until it answers `/healthz`.
+    async fn start(ingest_url: &str, env: &[(&str, &str)]) -> Self {
+        let component = bandvote_testkit::wasm_component();
+        let wasmtime = bandvote_testkit::wasmtime();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique("wasmtime")));
+        let mut command = Command::new(&wasmtime);
+        command.args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")]);
+        command.args(["--env", &format!("INGEST_URL={ingest_url}")]);
+        for (name, value) in env {
+            command.args(["--env", &format!("{name}={value}")]);
+        }
+        let child = command
+            .arg(&component)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("a log file"))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{} does not start: {e}; install wasmtime with `dev/tools install wasmtime`", wasmtime.display())
+            });
+        let mut front =
+            WasmFront { child, url: format!("http://127.0.0.1:{port}"), log, client: reqwest::Client::new() };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(exit)) = front.child.try_wait() {
+                let log = std::fs::read_to_string(&front.log).unwrap_or_default();
+                panic!("wasmtime serve exited with {exit}:\n{log}");
+            }
+            let answer = front.client.get(format!("{}/healthz", front.url)).send().await;
+            match answer {
+                Ok(response) if response.status().is_success() => break,
+                _ if std::time::Instant::now() > deadline => {
+                    let log = std::fs::read_to_string(&front.log).unwrap_or_default();
+                    panic!("wasmtime serve did not answer /healthz within 60 s: {answer:?}\n{log}");
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        front
+    }
+
+    async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        post_raw(&self.client, &self.url, path, body).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(format!("{}{path}", self.url)).send().await.expect("the component answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("every reply is JSON"))
+    }
+}
+
+impl Drop for WasmFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+async fn post_raw(client: &reqwest::Client, base: &str, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let response = client
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("no answer to POST {base}{path}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("a body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply to POST {base}{path} is not JSON: {text}")))
+}
+
+/// A native ingest in this process, serving only `routes`, publishing to `topic`.
+struct Native {
+    url: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Native {
+    async fn start(services: &Services, topic: &str, routes: &str, extra: &[&str]) -> Self {
+        let mut args = vec![format!("--routes={routes}")];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let config = bandvote_ingest::Config::parse_from(services.ingest_args(topic, &args));
+        let ingest = bandvote_ingest::Ingest::build(config).await.expect("the native ingest starts");
+        let addr: SocketAddr = ingest.http_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(ingest.run_until_stopped(stop.clone()));
+        Native { url: format!("http://{addr}"), stop, task }
+    }
+
+    /// Stops it and waits until its port is closed.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("the ingest task ends").expect("ingest stops cleanly");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wasm_route_counts_each_vote_once_as_route_wasm() {
+    let pipeline = Pipeline::start("wasm-route").await;
+    let consumer = pipeline.consume_in_process().await;
+    let producer = Native::start(&pipeline.services, &pipeline.topic, "wasm", &[]).await;
+    let front = WasmFront::start(&producer.url, &[]).await;
+    assert_eq!(front.get("/healthz").await, (200, json!({"status": "ok"})));
+    assert_eq!(front.get("/readyz").await, (200, json!({"status": "ready"})));
+
+    let mut expected = Expected::default();
+    let mut n = 100;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    for path in ["/wasm/votes", "/wasm/rust/send_data", "/wasm/insert", "/wasm", "/rust/send_data", "/insert", "/"] {
+        let i = next();
+        let (status, reply) = front.post(path, &json_vote(i)).await;
+        expected.add(&accepted_id(status, &reply), i, "wasm");
+    }
+    // Numbers for year and rank, and the client's own vote id, sent twice: counted once.
+    let i = next();
+    let (name, album, _, _) = vote(i);
+    let mine = json!({"name": name, "album": album, "year": 1997, "rank": 9.5, "vote_id": "wasm-phone-1"});
+    for path in ["/wasm/votes", "/wasm/rust/send_data"] {
+        let (status, reply) = front.post(path, &mine).await;
+        assert_eq!(accepted_id(status, &reply), "wasm-phone-1");
+    }
+    expected.add("wasm-phone-1", i, "wasm");
+    // Batches, in both shapes.
+    let batch: Vec<usize> = (0..9).map(|_| next()).collect();
+    let votes: Vec<Value> = batch.iter().map(|&i| json_vote(i)).collect();
+    let (status, reply) = front.post("/wasm/votes/batch", &json!({ "votes": votes })).await;
+    assert_eq!((status, reply["accepted"].as_u64()), (200, Some(9)), "{reply}");
+    for (&i, id) in batch.iter().zip(reply["vote_ids"].as_array().expect("batch ids")) {
+        expected.add(id.as_str().expect("id"), i, "wasm");
+    }
+    let batch: Vec<usize> = (0..3).map(|_| next()).collect();
+    let votes: Vec<Value> = batch.iter().map(|&i| json_vote(i)).collect();
+    let (status, reply) = front.post("/votes/batch", &json!(votes)).await;
+    assert_eq!(status, 200, "{reply}");
+    for (&i, id) in batch.iter().zip(reply["vote_ids"].as_array().expect("batch ids")) {
+        expected.add(id.as_str().expect("id"), i, "wasm");
+    }
+
+    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(30)).await;
+    let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tallies_after = bandvote_testkit::read_tallies(&pipeline.services.redis_url, &pipeline.prefix).await;
+    assert_eq!(tallies, tallies_after, "nothing counted late");
+    expected.check(&tallies, &logged);
+    for (id, document) in &logged {
+        assert_eq!(document.get_str("route"), Ok("wasm"), "vote {id} is logged as route wasm: {document}");
+    }
+    let rank = logged["wasm-phone-1"].get_f64("rank").expect("a rank");
+    assert_eq!(rank, 9.5, "the rank crosses both halves unchanged");
+
+    drop(front);
+    producer.stop().await;
+    consumer.stop().await;
+    pipeline.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wasm_route_refuses_bad_input_exactly_like_the_native_route() {
+    let bands: Vec<Value> = BANDS.iter().map(|(name, albums)| json!({"name": name, "albums": albums})).collect();
+    let roster = std::env::temp_dir().join(format!("{}.json", unique("roster")));
+    std::fs::write(&roster, json!({ "bands": bands }).to_string()).expect("roster written");
+    let roster_arg = format!("--roster-file={}", roster.display());
+    let limits = [roster_arg.as_str(), "--max-body-bytes=4096", "--max-batch-votes=10"];
+    let services = Services::local();
+    let topic = format!("votes-{}", unique("wasm-refusals"));
+    // The native HTTP route to compare with, and the Wasm route's producer, with the same settings.
+    let native = Native::start(&services, &topic, "http", &limits).await;
+    let producer = Native::start(&services, &topic, "wasm", &limits).await;
+    let front = WasmFront::start(&producer.url, &[("MAX_BODY_BYTES", "4096"), ("MAX_BATCH_VOTES", "10")]).await;
+    let client = reqwest::Client::new();
+
+    let good = json!({"name": "Alux Nahual", "album": "Conquista", "year": "1990", "rank": "9.5"});
+    let with = |field: &str, value: Value| {
+        let mut vote = good.clone();
+        vote[field] = value;
+        vote
+    };
+    let without = |field: &str| {
+        let mut vote = good.clone();
+        vote.as_object_mut().expect("object").remove(field);
+        vote
+    };
+    let votes: Vec<Value> = vec![
+        without("name"),
+        without("rank"),
+        with("album", json!("")),
+        with("name", json!("   ")),
+        with("name", json!(42)),
+        with("year", json!(true)),
+        with("album", json!("x".repeat(101))),
+        with("year", json!("nineteen")),
+        with("year", json!(1997.5)),
+        with("rank", json!("9,5")),
+        with("rank", json!("-1")),
+        with("rank", json!(101)),
+        with("year", json!(1492)),
+        with("vote_id", json!("has spaces")),
+        with("voter_id", json!(7)),
+        with("name", json!("Unknown Band")),
+        with("album", json!("Mil palabras")),
+        json!({"name": 1, "album": null, "year": "x", "rank": []}),
+        json!(["not", "a", "vote"]),
+        json!("a string"),
+        json!(null),
+    ];
+    let mut bodies: Vec<(&str, &str, String)> =
+        votes.iter().map(|vote| ("/votes", "/wasm/votes", vote.to_string())).collect();
+    for raw in ["{\"name\": \"Alux", "", "not json", &format!("{{\"name\": \"{}\"}}", "a".repeat(5000))] {
+        bodies.push(("/votes", "/wasm/votes", raw.to_owned()));
+        bodies.push(("/votes/batch", "/wasm/votes/batch", raw.to_owned()));
+    }
+    for batch in [
+        json!([good, without("year"), with("rank", json!("abc"))]),
+        json!([good, with("name", json!("Nobody"))]),
+        json!([good, 5, "x"]),
+        json!(vec![good.clone(); 11]),
+        json!({"ballots": []}),
+        json!({"votes": "no"}),
+        json!([]),
+        json!(good),
+    ] {
+        bodies.push(("/votes/batch", "/wasm/votes/batch", batch.to_string()));
+    }
+    for (native_path, wasm_path, body) in &bodies {
+        let native_reply = post_raw(&client, &native.url, native_path, body.clone()).await;
+        let wasm_reply = front.post_raw(wasm_path, body.clone()).await;
+        assert_ne!(native_reply.0, 200, "the native route refuses {body}");
+        assert_eq!(wasm_reply, native_reply, "POST {wasm_path} answers {body} like POST {native_path}");
+        if *native_path == "/votes" {
+            let original_path = front.post_raw("/rust/send_data", body.clone()).await;
+            assert_eq!(original_path, native_reply, "POST /rust/send_data on the Wasm route: {body}");
+        }
+    }
+    // Paths and methods: JSON errors too.
+    let wrong_method = client.get(format!("{}/votes", native.url)).send().await.expect("answers");
+    let wrong_method = (wrong_method.status().as_u16(), wrong_method.json::<Value>().await.expect("JSON"));
+    assert_eq!(front.get("/wasm/votes").await, wrong_method);
+    let (status, reply) = front.post("/wasm/nowhere", &good).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")), "{reply}");
+
+    // Nothing refused reached Kafka.
+    assert_eq!(read_topic(&services.kafka_brokers, &topic).len(), 0, "no refused vote is in Kafka");
+    drop(front);
+    producer.stop().await;
+    native.stop().await;
+    let _ = std::fs::remove_file(roster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wasm_route_answers_503_when_the_native_side_is_down() {
+    let services = Services::local();
+    let topic = format!("votes-{}", unique("wasm-down"));
+    let producer = Native::start(&services, &topic, "wasm", &[]).await;
+    let front = WasmFront::start(&producer.url, &[]).await;
+    let (status, reply) = front.post("/wasm/votes", &json_vote(1)).await;
+    let first = accepted_id(status, &reply);
+
+    producer.stop().await;
+    let (status, reply) = front.post("/wasm/votes", &json_vote(2)).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (503, Some("unavailable")), "{reply}");
+    let message = reply["error"]["message"].as_str().expect("a message");
+    assert!(message.contains("did not answer"), "{message}");
+    assert!(reply["error"]["vote_id"].as_str().is_some_and(|id| !id.is_empty()), "names the vote id: {reply}");
+    let mut mine = json_vote(3);
+    mine["vote_id"] = json!("retry-me-1");
+    let (status, reply) = front.post("/rust/send_data", &mine).await;
+    assert_eq!((status, reply["error"]["vote_id"].as_str()), (503, Some("retry-me-1")), "{reply}");
+    let (status, reply) = front.post("/wasm/votes/batch", &json!([json_vote(4), mine])).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (503, Some("unavailable")), "{reply}");
+    assert_eq!(reply["error"]["accepted"], json!([]), "{reply}");
+    assert_eq!(reply["error"]["failed"][1], json!({"index": 1, "vote_id": "retry-me-1"}), "{reply}");
+    let (status, reply) = front.get("/readyz").await;
+    assert_eq!((status, reply["status"].as_str()), (503, Some("unavailable")), "{reply}");
+    assert!(reply["reason"].as_str().is_some_and(|r| r.contains("did not answer")), "{reply}");
+    assert_eq!(front.get("/healthz").await.0, 200, "the component itself is alive");
+
+    // A native ingest that does not serve the Wasm route is no success either.
+    let http_only = Native::start(&services, &topic, "http", &[]).await;
+    let misrouted = WasmFront::start(&http_only.url, &[]).await;
+    let (status, reply) = misrouted.post("/wasm/votes", &json_vote(5)).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (503, Some("unavailable")), "{reply}");
+    assert!(reply["error"]["message"].as_str().is_some_and(|m| m.contains("INGEST_ROUTES=wasm")), "{reply}");
+
+    // Kafka holds the one vote that was accepted, and none of the refused ones.
+    let records = read_topic(&services.kafka_brokers, &topic);
+    let keys: Vec<String> =
+        records.into_iter().map(|(key, _)| String::from_utf8(key.expect("a key")).expect("utf-8")).collect();
+    assert_eq!(keys, [first]);
+    drop((front, misrouted));
+    http_only.stop().await;
+}
