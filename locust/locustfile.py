@@ -10,8 +10,9 @@ Settings (environment):
 - VOTES_FILE (default votes.json beside this file) and VOTE_SET (`roster`, default, or `original`).
 - GRPC_TARGET: host:port of the gRPC server (default: the --host's name with port 50051).
 - GRPC_TLS: `1` to use TLS (the GKE Gateway listens on 443 with a certificate).
-- VOTES_PER_USER: each simulated user stops after this many votes (default 0: no limit), so a
-  run can end with no request in flight and its counts compare exactly with Redis.
+- VOTES_PER_USER: each simulated user stops after this many votes (default 0: no limit), and a
+  local run quits once every user is done: it ends with no request in flight, so its counts
+  compare exactly with Redis.
 
 Every request counts as a failure unless the reply says the vote was accepted, so after a run
 Locust's successes must equal what the consumer counted in Redis.
@@ -26,9 +27,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
-from locust import FastHttpUser, User, between, task
+from locust import FastHttpUser, User, between, events, task
+from locust.runners import LocalRunner
 from locust.exception import StopUser
 
 import grpc_stubs
@@ -40,8 +43,6 @@ HERE = Path(__file__).resolve().parent
 CANDIDATES = json.loads(Path(os.environ.get("VOTES_FILE", HERE / "votes.json")).read_text())[
     os.environ.get("VOTE_SET", "roster")
 ]
-
-
 VOTES_PER_USER = int(os.environ.get("VOTES_PER_USER", "0"))
 
 
@@ -51,6 +52,30 @@ def next_vote(user: User) -> dict[str, str]:
     if VOTES_PER_USER and user.votes_sent > VOTES_PER_USER:
         raise StopUser()
     return random_vote()
+
+
+_environment = None
+
+
+@events.init.add_listener
+def remember_environment(environment, **_):
+    global _environment
+    _environment = environment
+
+
+@events.spawning_complete.add_listener
+def quit_when_every_user_is_done(user_count, **_):
+    """With VOTES_PER_USER, a local run ends as soon as the last user has sent its votes."""
+    runner = _environment.runner if _environment else None
+    if not VOTES_PER_USER or not isinstance(runner, LocalRunner):
+        return
+
+    def watch():
+        while runner.user_count > 0:
+            gevent.sleep(0.2)
+        runner.quit()
+
+    gevent.spawn(watch)
 
 
 def random_vote() -> dict[str, str]:

@@ -15,7 +15,7 @@ import sys
 
 USERS = 6  # two of each user class
 VOTES_PER_USER = 50
-RUN_TIME = "15s"  # an upper bound: the users are done after about 8 s
+RUN_TIME = "30s"  # an upper bound: Locust quits when the users are done, after about 8 s
 HTTP_NAMES = {"/grpc/insert": "grpc", "/rust/send_data": "http"}
 GRPC_NAME = "bandvote.v1.Votes/Cast"
 
