@@ -60,6 +60,19 @@ def test_every_panel_queries_a_documented_key_through_the_provisioned_source(das
         assert key.removeprefix("$prefix:") in documented, f"{panel['title']}: {key} is not in docs/redis-keys.md"
 
 
+def test_panels_fit_the_grid_without_overlapping(dashboard):
+    taken = {}
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, f"{panel['title']} is wider than the grid"
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = panel["title"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
 def test_the_prefix_variable_defaults_to_the_consumers_default(dashboard):
     (prefix,) = [v for v in dashboard["templating"]["list"] if v["name"] == "prefix"]
     assert prefix["current"]["value"] == "bandvote"
