@@ -154,7 +154,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def pipeline(tmp_path, redis_url) -> Pipeline:
-    """Starts ingest (INGEST_ROUTES=grpc,http) and one consumer on free loopback ports."""
+    """Starts ingest (INGEST_ROUTES=grpc,http,wasm) and one consumer on free loopback ports."""
     kafka = need_env("KAFKA_BROKERS")
     mongo = need_env("MONGODB_URI")
     run = uuid.uuid4().hex[:12]
@@ -168,7 +168,8 @@ def pipeline(tmp_path, redis_url) -> Pipeline:
         "KAFKA_TOPIC_PARTITIONS": "6",
         "RUST_LOG": "warn",
     }
-    ingest_env = {**common, "PORT": str(http_port), "GRPC_PORT": str(grpc_port), "INGEST_ROUTES": "grpc,http"}
+    # `wasm` adds /wasm/votes, the producer side of the Wasm route (see the wasm_route fixture).
+    ingest_env = {**common, "PORT": str(http_port), "GRPC_PORT": str(grpc_port), "INGEST_ROUTES": "grpc,http,wasm"}
     consumer_env = {
         **common,
         "PORT": str(consumer_port),
@@ -205,3 +206,28 @@ def pipeline(tmp_path, redis_url) -> Pipeline:
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
         client.close()
+
+
+@pytest.fixture
+def wasm_route(pipeline, tmp_path) -> str:
+    """The Wasm route's component under `wasmtime serve` on a free loopback port, forwarding to the
+    pipeline's ingest as its producer side (as the two containers of the ingest-wasm pod do).
+    Returns its base URL."""
+    component = os.environ.get("BANDVOTE_WASM_COMPONENT")
+    if not component or not Path(component).is_file():
+        pytest.fail(f"no Wasm component at {component!r}: run `dev/build-wasm` (dev/pytest does)")
+    wasmtime = shutil.which("wasmtime") or str(CACHE / "bin" / "wasmtime")
+    if not Path(wasmtime).is_file():
+        pytest.fail("wasmtime not found: run `dev/tools install wasmtime` (dev/pytest does)")
+    port = free_port()
+    log = tmp_path / "wasmtime.log"
+    out = open(log, "wb")
+    proc = subprocess.Popen(
+        [wasmtime, "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{port}", "--env", f"INGEST_URL={pipeline.http_url}", component],
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        _wait_ready(proc, f"http://127.0.0.1:{port}/readyz", log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)

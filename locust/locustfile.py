@@ -1,15 +1,17 @@
 """Load for bandvote, in the original contest's style: votes posted as JSON strings
 {name, album, year, rank} to the routes behind the ingress, plus native gRPC calls.
 
-Users (all three run unless named on the command line):
+Users (all four run unless named on the command line):
 - GrpcInsertUser:  POST /grpc/insert, the gRPC route's HTTP front (the original's "grpc" path).
 - RustSendDataUser: POST /rust/send_data, the HTTP route (the original's "rust" path).
 - GrpcUser: bandvote.v1.Votes/Cast over gRPC (grpcio on gevent) at GRPC_TARGET.
+- WasmUser: POST /wasm/votes, the Wasm route (the original's "wasm" path), at WASM_HOST or --host.
 
 Settings (environment):
 - VOTES_FILE (default votes.json beside this file) and VOTE_SET (`roster`, default, or `original`).
 - GRPC_TARGET: host:port of the gRPC server (default: the --host's name with port 50051).
 - GRPC_TLS: `1` to use TLS (the GKE Gateway listens on 443 with a certificate).
+- WASM_HOST: base URL of the Wasm route when it is not behind --host (locally: wasmtime serve).
 - VOTES_PER_USER: each simulated user stops after this many votes (default 0: no limit), and a
   local run quits once every user is done: it ends with no request in flight, so its counts
   compare exactly with Redis.
@@ -114,6 +116,15 @@ class GrpcInsertUser(OriginalHttpUser):
 
 class RustSendDataUser(OriginalHttpUser):
     path = "/rust/send_data"
+
+    @task
+    def vote(self):
+        self.post_vote()
+
+
+class WasmUser(OriginalHttpUser):
+    host = os.environ.get("WASM_HOST") or None
+    path = "/wasm/votes"
 
     @task
     def vote(self):

@@ -1,6 +1,7 @@
-"""A headless Locust run (bounded users, votes and time, loopback only) with both HTTP users and
-the native gRPC user against a real ingest and consumer: no request may fail, and Redis must count
-exactly the votes Locust saw accepted, per route.
+"""A headless Locust run (bounded users, votes and time, loopback only) with both HTTP users, the
+Wasm route's user and the native gRPC user against a real ingest, the Wasm component under
+wasmtime and a consumer: no request may fail, and Redis must count exactly the votes Locust saw
+accepted, per route.
 
 Each user stops after VOTES_PER_USER votes (the locustfile's StopUser), so no request is in flight
 when the run ends and the two counts can be compared exactly. Locust's final JSON stats are the
@@ -13,19 +14,20 @@ import os
 import subprocess
 import sys
 
-USERS = 6  # two of each user class
+USERS = 8  # two of each user class
 VOTES_PER_USER = 50
 RUN_TIME = "30s"  # an upper bound: Locust quits when the users are done, after about 8 s
-HTTP_NAMES = {"/grpc/insert": "grpc", "/rust/send_data": "http"}
+HTTP_NAMES = {"/grpc/insert": "grpc", "/rust/send_data": "http", "/wasm/votes": "wasm"}
 GRPC_NAME = "bandvote.v1.Votes/Cast"
 
 
-def test_headless_locust_against_the_local_stack(repo, pipeline, tmp_path):
+def test_headless_locust_against_the_local_stack(repo, pipeline, wasm_route, tmp_path):
     env = {
         **os.environ,
         "GRPC_TARGET": pipeline.grpc_target,
         "PYTHONPATH": str(repo / "locust"),
         "VOTES_PER_USER": str(VOTES_PER_USER),
+        "WASM_HOST": wasm_route,
     }
     run = subprocess.run(
         [
@@ -35,7 +37,7 @@ def test_headless_locust_against_the_local_stack(repo, pipeline, tmp_path):
             "--run-time", RUN_TIME, "--stop-timeout", "10",
             "--host", pipeline.http_url,
             "--only-summary", "--json", "--loglevel", "WARNING",
-            "GrpcInsertUser", "RustSendDataUser", "GrpcUser",
+            "GrpcInsertUser", "RustSendDataUser", "WasmUser", "GrpcUser",
         ],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
@@ -60,5 +62,6 @@ def test_headless_locust_against_the_local_stack(repo, pipeline, tmp_path):
     routes = pipeline.redis.hgetall(f"{pipeline.prefix}:votes:route")
     assert int(routes.get("grpc", 0)) == succeeded["/grpc/insert"] + succeeded[GRPC_NAME], routes
     assert int(routes.get("http", 0)) == succeeded["/rust/send_data"], routes
+    assert int(routes.get("wasm", 0)) == succeeded["/wasm/votes"], routes
     bands = pipeline.redis.hgetall(f"{pipeline.prefix}:votes:band")
     assert sum(int(v) for v in bands.values()) == total
