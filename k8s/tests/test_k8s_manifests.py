@@ -248,8 +248,10 @@ def test_services_do_not_create_topics(gke):
     for workload in ("ingest-grpc", "ingest-http", "ingest-wasm", "consumer"):
         pod = by_name(gke, "Deployment", workload)["spec"]["template"]["spec"]
         for c in pod["containers"]:
-            if c["image"].endswith(("/ingest:0.1.0", "/consumer:0.1.0")) or "ingest:" in c["image"]:
-                assert any(s.get("configMapRef", {}).get("name", "").startswith("kafka-client") for s in c.get("envFrom", []))
+            if c["image"].rsplit("/", 1)[-1].split(":")[0] in ("ingest", "consumer"):
+                sources = [s.get("configMapRef", {}).get("name", "") for s in c.get("envFrom", [])]
+                assert any(name.startswith("kafka-client") for name in sources), f"{workload}/{c['name']}"
+                assert "KAFKA_CREATE_TOPICS" not in env_of(c), f"{workload}/{c['name']} overrides KAFKA_CREATE_TOPICS"
 
 
 def test_routes_each_have_their_pod_and_clusterip(gke):
