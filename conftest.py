@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pymongo
 import pytest
 import redis
 import requests
@@ -122,6 +123,12 @@ class Pipeline:
             time.sleep(0.1)
         pytest.fail(f"Redis counted {self.total()} of {expected} votes after {timeout:.0f} s; logs in {self.logs}")
 
+    def wait_for_logged(self, expected: int, timeout: float = 30.0) -> None:
+        """Waits until MongoDB's vote log (collection `votes`) holds exactly `expected` votes."""
+        with pymongo.MongoClient(os.environ["MONGODB_URI"], serverSelectionTimeoutMS=5000) as client:
+            votes = client[self.database]["votes"]
+            wait_until(lambda: votes.count_documents({}) == expected, timeout, f"{expected} votes in MongoDB")
+
 
 def _start(cmd: str, env: dict, log: Path) -> subprocess.Popen:
     out = open(log, "wb")
@@ -206,6 +213,8 @@ def pipeline(tmp_path, redis_url) -> Pipeline:
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
         client.close()
+        with pymongo.MongoClient(mongo, serverSelectionTimeoutMS=5000) as mongo_client:
+            mongo_client.drop_database(database)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """A headless Locust run (bounded users, votes and time, loopback only) with both HTTP users, the
 Wasm route's user and the native gRPC user against a real ingest, the Wasm component under
-wasmtime and a consumer: no request may fail, and Redis must count exactly the votes Locust saw
-accepted, per route.
+wasmtime and a consumer: no request may fail, Redis must count exactly the votes Locust saw
+accepted, per route, and MongoDB must log exactly as many.
 
 Each user stops after VOTES_PER_USER votes (the locustfile's StopUser), so no request is in flight
 when the run ends and the two counts can be compared exactly. Locust's final JSON stats are the
@@ -59,6 +59,7 @@ def test_headless_locust_against_the_local_stack(repo, pipeline, wasm_route, tmp
     assert total == USERS * VOTES_PER_USER, succeeded
 
     pipeline.wait_for_total(total, timeout=30)
+    pipeline.wait_for_logged(total, timeout=30)
     routes = pipeline.redis.hgetall(f"{pipeline.prefix}:votes:route")
     assert int(routes.get("grpc", 0)) == succeeded["/grpc/insert"] + succeeded[GRPC_NAME], routes
     assert int(routes.get("http", 0)) == succeeded["/rust/send_data"], routes
