@@ -97,7 +97,8 @@ def binary(name: str) -> str:
 
 @dataclass
 class Pipeline:
-    """A running ingest (both routes) and consumer with their own topic, key prefix and database."""
+    """A running ingest (gRPC and HTTP routes, and the Wasm route's producer side) and consumer,
+    with their own topic, key prefix and database."""
 
     http_url: str
     grpc_target: str
@@ -119,6 +120,10 @@ class Pipeline:
             if total > expected:
                 pytest.fail(f"Redis counted {total} votes, more than the {expected} accepted")
             if total == expected:
+                # Exactly once: nothing more may arrive once every vote is in.
+                time.sleep(1.0)
+                if self.total() != expected:
+                    pytest.fail(f"Redis went on counting past {expected}: {self.total()}")
                 return
             time.sleep(0.1)
         pytest.fail(f"Redis counted {self.total()} of {expected} votes after {timeout:.0f} s; logs in {self.logs}")
