@@ -94,7 +94,7 @@ def test_update_and_live_refresh_show_new_votes(console, browser):
     newest = console.cast("Alux Nahual", "Conquista", route="grpc")
     console.wait_logged(5)
     wait_until(lambda: shown_ids(page)[:1] == [newest], 10, "live refresh to show the newest vote")
-    assert page.locator("#total").inner_text() == "5 votes logged"
+    wait_until(lambda: page.locator("#total").inner_text() == "5 votes logged", 10, "live refresh of the tallies")
 
 
 def test_filters_narrow_the_list(console, browser):
@@ -113,7 +113,8 @@ def test_filters_narrow_the_list(console, browser):
     wait_until(lambda: shown_ids(page) == expected, 10, "the filtered list")
     for line in page.locator("#log li.vote").all_inner_texts():
         assert "Alux Nahual /" in line and line.endswith("http"), line
-    assert page.locator("#total").inner_text() == f"{len(expected)} votes logged"
+    wanted = f"{len(expected)} votes logged"
+    wait_until(lambda: page.locator("#total").inner_text() == wanted, 10, "the filtered tallies")
 
     # A filter nothing matches says so.
     page.goto(f"{console.url}/?band=Nobody")
