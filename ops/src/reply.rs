@@ -1,41 +1,32 @@
-//! The JSON error body every bandvote HTTP service answers with:
-//! `{"error": {"code": ..., "message": ..., ...details}}`. `code` is stable and meant for
-//! programs; `message` says, for people, what was wrong and with which field.
+//! The JSON error answer of the services that are not vote routes (the logs API): the body is the
+//! one every bandvote service answers with, `domain::reply::ErrorReply`
+//! (`{"error": {"code": ..., "message": ..., ...details}}`); this adds the axum response.
 
 use axum::{
     Json,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use bandvote_domain::reply::ErrorReply;
+use serde_json::Value;
 
-/// An error reply: a status, a stable code, a message and optional details merged into the body.
 #[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub details: Value,
-}
+pub struct ApiError(pub ErrorReply);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Value::Null }
+        ApiError(ErrorReply::new(status.as_u16(), code, message))
     }
 
     /// Adds the fields of `details` (a JSON object) to the error body.
-    pub fn with_details(mut self, details: Value) -> Self {
-        self.details = details;
-        self
+    pub fn with_details(self, details: Value) -> Self {
+        ApiError(self.0.with_details(details))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let (Some(error), Value::Object(details)) = (error.as_object_mut(), self.details) {
-            error.extend(details);
-        }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0.body())).into_response()
     }
 }
