@@ -2,56 +2,12 @@
 //! whatever comes back. The bodies are defined once in `bandvote_domain::reply` (the Wasm front
 //! answers with the same ones); errors are mapped to a status once, here.
 
-use axum::{
-    Json,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
-use bandvote_domain::{InvalidVote, VoteId, reply::ErrorReply};
+use axum::Json;
+use bandvote_domain::{VoteId, reply::ErrorReply};
+pub use bandvote_ops::reply::ApiError;
 use serde_json::{Value, json};
 
 use crate::cast::{BatchError, CastError};
-
-/// An error reply: `{"error": {"code": ..., "message": ..., ...details}}`.
-#[derive(Debug)]
-pub struct ApiError(pub ErrorReply);
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError(ErrorReply::new(status.as_u16(), code, message))
-    }
-
-    pub fn malformed(message: impl Into<String>) -> Self {
-        ApiError(ErrorReply::malformed(message))
-    }
-
-    pub fn with_details(self, details: Value) -> Self {
-        ApiError(self.0.with_details(details))
-    }
-
-    pub fn code(&self) -> &'static str {
-        self.0.code
-    }
-}
-
-impl From<ErrorReply> for ApiError {
-    fn from(reply: ErrorReply) -> Self {
-        ApiError(reply)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.0.body())).into_response()
-    }
-}
-
-impl From<InvalidVote> for ApiError {
-    fn from(invalid: InvalidVote) -> Self {
-        ApiError(ErrorReply::invalid_vote(&invalid))
-    }
-}
 
 impl From<CastError> for ApiError {
     fn from(err: CastError) -> Self {

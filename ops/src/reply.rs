@@ -1,13 +1,13 @@
-//! The JSON error answer of the services that are not vote routes (the logs API): the body is the
-//! one every bandvote service answers with, `domain::reply::ErrorReply`
-//! (`{"error": {"code": ..., "message": ..., ...details}}`); this adds the axum response.
+//! The JSON error answer of every bandvote HTTP service: the body is `domain::reply::ErrorReply`
+//! (`{"error": {"code": ..., "message": ..., ...details}}`, shared with the Wasm front); this
+//! adds the axum response.
 
 use axum::{
     Json,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use bandvote_domain::reply::ErrorReply;
+use bandvote_domain::{InvalidVote, reply::ErrorReply};
 use serde_json::Value;
 
 #[derive(Debug)]
@@ -18,9 +18,30 @@ impl ApiError {
         ApiError(ErrorReply::new(status.as_u16(), code, message))
     }
 
+    /// 400 `malformed_json`: the body is not JSON, or not the shape the path takes.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        ApiError(ErrorReply::malformed(message))
+    }
+
     /// Adds the fields of `details` (a JSON object) to the error body.
     pub fn with_details(self, details: Value) -> Self {
         ApiError(self.0.with_details(details))
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.0.code
+    }
+}
+
+impl From<ErrorReply> for ApiError {
+    fn from(reply: ErrorReply) -> Self {
+        ApiError(reply)
+    }
+}
+
+impl From<InvalidVote> for ApiError {
+    fn from(invalid: InvalidVote) -> Self {
+        ApiError(ErrorReply::invalid_vote(&invalid))
     }
 }
 
