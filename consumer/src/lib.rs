@@ -5,10 +5,12 @@
 //! * [`tally`]: the Redis counters, one atomic script per batch.
 //! * [`log_store`]: the MongoDB vote log, one document per vote.
 //! * [`dead_letter`]: where records that are not votes go.
+//! * [`audit`]: recounts the log (and the topic) against Redis, and rebuilds Redis from the log.
 //!
 //! Any number of replicas share one consumer group; scaling them, killing them or replaying the
 //! topic changes no count.
 
+pub mod audit;
 pub mod dead_letter;
 pub mod log_store;
 pub mod pipeline;

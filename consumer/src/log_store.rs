@@ -83,6 +83,11 @@ impl LogStore {
         }
     }
 
+    /// The vote log collection.
+    pub fn votes(&self) -> &Collection<Document> {
+        &self.votes
+    }
+
     pub async fn ping(&self) -> Result<(), String> {
         self.client.database("admin").run_command(doc! {"ping": 1}).await.map(drop).map_err(|e| format!("mongodb: {e}"))
     }

@@ -122,6 +122,14 @@ impl Tally {
         Ok(Applied { counted, duplicates: vote_count as u64 - counted, dead_letters })
     }
 
+    pub fn keys(&self) -> &RedisKeys {
+        &self.keys
+    }
+
+    pub fn connection(&self) -> &ConnectionManager {
+        &self.redis
+    }
+
     pub async fn ping(&self) -> Result<(), String> {
         redis::cmd("PING")
             .query_async::<String>(&mut self.redis.clone())

@@ -17,6 +17,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+mod audit;
 mod wasm_route;
 
 /// One test's isolated pipeline: its own topic, group, Redis prefix and MongoDB database, with

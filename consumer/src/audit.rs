@@ -1,0 +1,460 @@
+//! The audit: recount every vote from the MongoDB log (and, while Kafka still holds them, from the
+//! topic) and compare with the live tallies in Redis; rebuild Redis from the log after it lost data.
+//!
+//! Rebuilding replays the logged votes through the consumer's own counting script
+//! ([`Tally::apply`]). The script counts only the votes whose "already counted" marker is missing,
+//! so a rebuild adds exactly what Redis lost, adds nothing when Redis lost nothing, and is safe
+//! while consumers are running.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    time::Duration,
+};
+
+use bandvote_domain::{
+    Ballot, RedisKeys, Route, VoteEvent,
+    ballot::{BallotInput, VoteId},
+};
+use bandvote_ops::config::KafkaArgs;
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+};
+use redis::aio::ConnectionManager;
+
+use crate::{log_store::LogStore, tally::Tally};
+
+/// How many logged votes one rebuild step sends through the counting script.
+const REBUILD_BATCH: usize = 500;
+
+/// Vote counts, keyed the way the Redis hashes are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    pub total: u64,
+    pub bands: BTreeMap<String, u64>,
+    /// `band / album` → votes.
+    pub albums: BTreeMap<String, u64>,
+    pub routes: BTreeMap<String, u64>,
+    /// `band / album` → sum of ranks.
+    pub rank_sums: BTreeMap<String, f64>,
+    /// Unix second of acceptance → votes.
+    pub seconds: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    pub fn add(&mut self, event: &VoteEvent) {
+        let ballot = &event.ballot;
+        let album = RedisKeys::album_field(&ballot.band, &ballot.album);
+        self.total += 1;
+        *self.bands.entry(ballot.band.clone()).or_default() += 1;
+        *self.routes.entry(event.route.as_str().to_owned()).or_default() += 1;
+        *self.rank_sums.entry(album.clone()).or_default() += ballot.rank.get();
+        *self.albums.entry(album).or_default() += 1;
+        *self.seconds.entry(event.received_at_ms.div_euclid(1000).to_string()).or_default() += 1;
+    }
+
+    /// Every count that differs between `self` and `other`. Rank sums are floating point and
+    /// compare within a relative 1e-9.
+    pub fn differences(&self, other: &Counts) -> Vec<Difference> {
+        let mut found = Vec::new();
+        if self.total != other.total {
+            found.push(Difference::new("total", "", self.total as f64, other.total as f64));
+        }
+        for (what, ours, theirs) in [
+            ("band", &self.bands, &other.bands),
+            ("album", &self.albums, &other.albums),
+            ("route", &self.routes, &other.routes),
+            ("second", &self.seconds, &other.seconds),
+        ] {
+            for key in ours.keys().chain(theirs.keys()).collect::<std::collections::BTreeSet<_>>() {
+                let (a, b) = (ours.get(key).copied().unwrap_or(0), theirs.get(key).copied().unwrap_or(0));
+                if a != b {
+                    found.push(Difference::new(what, key, a as f64, b as f64));
+                }
+            }
+        }
+        let sums = &self.rank_sums;
+        for key in sums.keys().chain(other.rank_sums.keys()).collect::<std::collections::BTreeSet<_>>() {
+            let (a, b) = (sums.get(key).copied().unwrap_or(0.0), other.rank_sums.get(key).copied().unwrap_or(0.0));
+            if (a - b).abs() > 1e-9 * a.abs().max(b.abs()).max(1.0) {
+                found.push(Difference::new("rank sum", key, a, b));
+            }
+        }
+        found
+    }
+}
+
+/// One count that two sources disagree on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Difference {
+    pub what: &'static str,
+    pub key: String,
+    pub expected: f64,
+    pub found: f64,
+}
+
+impl Difference {
+    fn new(what: &'static str, key: &str, expected: f64, found: f64) -> Self {
+        Difference { what, key: key.to_owned(), expected, found }
+    }
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.key.is_empty() { String::new() } else { format!(" {:?}", self.key) };
+        write!(f, "{}{key}: expected {}, found {}", self.what, self.expected, self.found)
+    }
+}
+
+/// What reading the log found.
+#[derive(Debug, Default)]
+pub struct LogCount {
+    pub counts: Counts,
+    /// Documents that are not a valid vote (`_id` and why).
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// Reads the vote log document by document, in `_id` order.
+pub struct LogReader {
+    cursor: mongodb::Cursor<Document>,
+}
+
+impl LogReader {
+    pub async fn open(log: &LogStore) -> mongodb::error::Result<Self> {
+        let projection =
+            doc! {"name": 1, "album": 1, "year": 1, "rank": 1, "voter_id": 1, "route": 1, "received_at": 1};
+        let cursor = log.votes().find(doc! {}).projection(projection).batch_size(5000).await?;
+        Ok(LogReader { cursor })
+    }
+
+    /// The next logged vote, or the `_id` of a document that is not a valid vote and why.
+    pub async fn next(&mut self) -> mongodb::error::Result<Option<Result<VoteEvent, (String, String)>>> {
+        Ok(self
+            .cursor
+            .try_next()
+            .await?
+            .map(|document| event_from_document(&document).map_err(|why| (id_of(&document), why))))
+    }
+}
+
+/// Recounts the vote log.
+pub async fn count_log(log: &LogStore) -> mongodb::error::Result<LogCount> {
+    let mut reader = LogReader::open(log).await?;
+    let mut found = LogCount::default();
+    while let Some(vote) = reader.next().await? {
+        match vote {
+            Ok(event) => found.counts.add(&event),
+            Err(unreadable) => found.unreadable.push(unreadable),
+        }
+    }
+    Ok(found)
+}
+
+fn id_of(document: &Document) -> String {
+    match document.get("_id") {
+        Some(Bson::String(id)) => id.clone(),
+        Some(other) => other.to_string(),
+        None => "(no _id)".to_owned(),
+    }
+}
+
+/// Rebuilds the vote event a log document was written from, with the same checks as a request.
+pub fn event_from_document(document: &Document) -> Result<VoteEvent, String> {
+    let text = |field: &str| match document.get(field) {
+        Some(Bson::String(s)) => Ok(serde_json::Value::String(s.clone())),
+        Some(Bson::Int32(n)) => Ok((*n).into()),
+        Some(Bson::Int64(n)) => Ok((*n).into()),
+        Some(Bson::Double(n)) => Ok(serde_json::Value::from(*n)),
+        None | Some(Bson::Null) => Ok(serde_json::Value::Null),
+        Some(other) => Err(format!("{field} is a {:?}", other.element_type())),
+    };
+    let vote = serde_json::json!({
+        "name": text("name")?, "album": text("album")?, "year": text("year")?, "rank": text("rank")?,
+        "voter_id": text("voter_id")?,
+    });
+    let ballot = BallotInput::from_json(&vote).and_then(|input| Ballot::parse(&input)).map_err(|e| e.to_string())?;
+    let vote_id = VoteId::parse(&id_of(document)).map_err(|e| format!("_id: {e}"))?;
+    let route = match document.get_str("route") {
+        Ok("grpc") => Route::Grpc,
+        Ok("http") => Route::Http,
+        Ok("wasm") => Route::Wasm,
+        Ok(other) => return Err(format!("route {other:?} is not one of grpc, http, wasm")),
+        Err(_) => return Err("route is missing".to_owned()),
+    };
+    let received_at_ms =
+        document.get_datetime("received_at").map_err(|_| "received_at is not a date".to_owned())?.timestamp_millis();
+    Ok(VoteEvent { vote_id, ballot, route, received_at_ms })
+}
+
+/// Reads the tallies from Redis in one transaction, so they are from one moment.
+pub async fn count_redis(redis: &ConnectionManager, keys: &RedisKeys) -> redis::RedisResult<Counts> {
+    type Hash = BTreeMap<String, String>;
+    let (total, bands, albums, routes, sums, seconds): (Option<u64>, Hash, Hash, Hash, Hash, Hash) = redis::pipe()
+        .atomic()
+        .get(keys.total())
+        .hgetall(keys.by_band())
+        .hgetall(keys.by_album())
+        .hgetall(keys.by_route())
+        .hgetall(keys.rank_sum())
+        .hgetall(keys.per_second())
+        .query_async(&mut redis.clone())
+        .await?;
+    let whole = |hash: Hash| hash.into_iter().map(|(k, v)| (k, v.parse().unwrap_or(u64::MAX))).collect();
+    Ok(Counts {
+        total: total.unwrap_or(0),
+        bands: whole(bands),
+        albums: whole(albums),
+        routes: whole(routes),
+        rank_sums: sums.into_iter().map(|(k, v)| (k, v.parse().unwrap_or(f64::NAN))).collect(),
+        seconds: whole(seconds),
+    })
+}
+
+/// The leaderboard's bands whose score differs from the band hash.
+pub async fn leaderboard_differences(
+    redis: &ConnectionManager,
+    keys: &RedisKeys,
+    bands: &BTreeMap<String, u64>,
+) -> redis::RedisResult<Vec<Difference>> {
+    let board: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(keys.leaderboard())
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut redis.clone())
+        .await?;
+    let board: BTreeMap<_, _> = board.into_iter().collect();
+    let mut found = Vec::new();
+    for band in bands.keys().chain(board.keys()).collect::<std::collections::BTreeSet<_>>() {
+        let (a, b) = (bands.get(band).copied().unwrap_or(0) as f64, board.get(band).copied().unwrap_or(0.0));
+        if a != b {
+            found.push(Difference::new("leaderboard", band, a, b));
+        }
+    }
+    Ok(found)
+}
+
+/// What replaying the topic found.
+#[derive(Debug, Default)]
+pub struct KafkaReplay {
+    /// Counts over distinct vote ids.
+    pub counts: Counts,
+    pub records: u64,
+    /// Records that carried a vote id already seen (a client or producer re-send).
+    pub repeated: u64,
+    /// Records that are not vote events (they went to the dead-letter topic).
+    pub not_votes: u64,
+    /// Partitions whose oldest records are gone (retention): partition → first offset still held.
+    pub truncated: BTreeMap<i32, i64>,
+}
+
+/// Reads the votes topic from its first held record to its end, without joining any group.
+pub fn replay_kafka(kafka: &KafkaArgs, within: Duration) -> anyhow::Result<KafkaReplay> {
+    let consumer: BaseConsumer = kafka
+        .client_config("bandvote-audit")
+        .set("group.id", "bandvote-audit")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(&kafka.topic), Duration::from_secs(10))?;
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == kafka.topic)
+        .ok_or_else(|| anyhow::anyhow!("topic {} not found", kafka.topic))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    let mut replay = KafkaReplay::default();
+    for partition in topic.partitions() {
+        let id = partition.id();
+        let (low, high) = consumer.fetch_watermarks(&kafka.topic, id, Duration::from_secs(10))?;
+        if low > 0 {
+            replay.truncated.insert(id, low);
+        }
+        if high > low {
+            assignment.add_partition_offset(&kafka.topic, id, Offset::Offset(low))?;
+            ends.insert(id, high);
+        }
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = HashSet::new();
+    while !ends.is_empty() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the topic was not read to its end within {within:?}");
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = message?;
+        let partition = message.partition();
+        if ends.get(&partition).is_some_and(|end| message.offset() + 1 >= *end) {
+            ends.remove(&partition);
+        }
+        replay.records += 1;
+        match VoteEvent::decode(message.payload()) {
+            Ok(event) => {
+                if seen.insert(event.vote_id.as_str().to_owned()) {
+                    replay.counts.add(&event);
+                } else {
+                    replay.repeated += 1;
+                }
+            }
+            Err(_) => replay.not_votes += 1,
+        }
+    }
+    Ok(replay)
+}
+
+/// Replays the vote log into Redis through the counting script; returns how many votes were
+/// counted anew (those Redis had lost). Documents that are not valid votes are skipped (the audit
+/// lists them).
+pub async fn rebuild(log: &LogStore, tally: &Tally) -> anyhow::Result<u64> {
+    let mut reader = LogReader::open(log).await?;
+    let mut batch = Vec::with_capacity(REBUILD_BATCH);
+    let mut counted = 0;
+    loop {
+        let next = reader.next().await?;
+        let done = next.is_none();
+        if let Some(Ok(event)) = next {
+            batch.push(event);
+        }
+        if batch.len() == REBUILD_BATCH || (done && !batch.is_empty()) {
+            counted += tally.apply(batch.iter(), &[]).await?.counted;
+            batch.clear();
+        }
+        if done {
+            return Ok(counted);
+        }
+    }
+}
+
+/// The `bandvote-audit` command.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "bandvote-audit",
+    version,
+    about = "Recounts the votes in the MongoDB log (and the Kafka topic) and compares them with the Redis tallies; \
+             rebuilds the tallies from the log after Redis lost data. Exits 0 when every count agrees, 1 when one \
+             differs, 2 when a store cannot be read."
+)]
+pub struct AuditConfig {
+    /// Also read the votes topic from its first held record and compare its distinct votes with the log.
+    #[arg(long)]
+    pub replay_kafka: bool,
+    /// Longest time the Kafka replay may take.
+    #[arg(long, default_value = "300s", value_parser = bandvote_ops::config::parse_duration)]
+    pub replay_timeout: Duration,
+    /// First count in Redis every logged vote it is missing (through the consumer's counting script),
+    /// then audit.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// How long a rebuilt vote's "already counted" marker lasts; the consumers' DEDUP_WINDOW.
+    #[arg(long, env = "DEDUP_WINDOW", default_value = "168h", value_parser = bandvote_ops::config::parse_duration)]
+    pub dedup_window: Duration,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub redis: bandvote_ops::config::RedisArgs,
+    #[command(flatten)]
+    pub mongo: bandvote_ops::config::MongoArgs,
+}
+
+/// What one audit found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub log: LogCount,
+    pub redis: Counts,
+    /// Redis against the log, then the leaderboard against the band hash.
+    pub redis_differences: Vec<Difference>,
+    pub kafka: Option<KafkaReplay>,
+    pub kafka_differences: Vec<Difference>,
+    /// Votes the rebuild counted anew.
+    pub rebuilt: Option<u64>,
+}
+
+impl Report {
+    /// Every count agrees and every logged document is a vote.
+    pub fn agrees(&self) -> bool {
+        self.redis_differences.is_empty() && self.kafka_differences.is_empty() && self.log.unreadable.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counts = &self.log.counts;
+        if let Some(rebuilt) = self.rebuilt {
+            writeln!(f, "rebuild: counted {rebuilt} logged votes that Redis was missing")?;
+        }
+        writeln!(
+            f,
+            "log:   {} votes ({} bands, {} albums), {} documents that are not votes",
+            counts.total,
+            counts.bands.len(),
+            counts.albums.len(),
+            self.log.unreadable.len()
+        )?;
+        for (id, why) in self.log.unreadable.iter().take(20) {
+            writeln!(f, "  {id}: {why}")?;
+        }
+        writeln!(f, "redis: {} votes", self.redis.total)?;
+        if let Some(kafka) = &self.kafka {
+            let held = if kafka.truncated.is_empty() {
+                "every record since the topic began".to_owned()
+            } else {
+                format!("from offsets {:?} (older records are gone; counts cover only these)", kafka.truncated)
+            };
+            writeln!(
+                f,
+                "kafka: {} records, {} distinct votes, {} repeated vote ids, {} not votes; {held}",
+                kafka.records, kafka.counts.total, kafka.repeated, kafka.not_votes
+            )?;
+        }
+        write_differences(f, "redis against the log", &self.redis_differences)?;
+        if self.kafka.is_some() {
+            write_differences(f, "the log against kafka", &self.kafka_differences)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_differences(f: &mut fmt::Formatter<'_>, what: &str, found: &[Difference]) -> fmt::Result {
+    if found.is_empty() {
+        return writeln!(f, "{what}: equal");
+    }
+    writeln!(f, "{what}: {} differences", found.len())?;
+    for difference in found.iter().take(50) {
+        writeln!(f, "  {difference}")?;
+    }
+    Ok(())
+}
+
+/// Runs the audit (and the rebuild first, when asked).
+pub async fn run(config: &AuditConfig) -> anyhow::Result<Report> {
+    use anyhow::Context as _;
+    let keys = RedisKeys::new(&config.redis.key_prefix);
+    let tally = Tally::connect(&config.redis.url, keys.clone(), config.dedup_window)
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", config.redis.url))?;
+    let log = LogStore::connect(&config.mongo.uri, &bandvote_domain::MongoNames::new(&config.mongo.database))
+        .await
+        .context("MONGODB_URI is not a valid MongoDB connection string")?;
+    let mut report = Report::default();
+    if config.rebuild {
+        report.rebuilt = Some(rebuild(&log, &tally).await.context("cannot rebuild the tallies")?);
+    }
+    report.log = count_log(&log).await.context("cannot read the vote log")?;
+    report.redis = count_redis(tally.connection(), &keys).await.context("cannot read the tallies")?;
+    report.redis_differences = report.log.counts.differences(&report.redis);
+    report.redis_differences.extend(leaderboard_differences(tally.connection(), &keys, &report.redis.bands).await?);
+    if config.replay_kafka {
+        let (kafka, within) = (config.kafka.clone(), config.replay_timeout);
+        let replay = tokio::task::spawn_blocking(move || replay_kafka(&kafka, within))
+            .await?
+            .context("cannot replay the votes topic")?;
+        if replay.truncated.is_empty() {
+            report.kafka_differences = replay.counts.differences(&report.log.counts);
+        }
+        report.kafka = Some(replay);
+    }
+    Ok(report)
+}
