@@ -8,7 +8,10 @@ use bandvote_proto::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cast::{BatchError, CastError, Caster, rejected};
+use crate::{
+    cast::{BatchError, CastError, Caster, rejected},
+    limits::Admission,
+};
 
 /// Largest gRPC message accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -17,11 +20,19 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub struct VoteService {
     caster: Caster,
     max_batch: usize,
+    admission: Admission,
 }
 
 impl VoteService {
-    pub fn new(caster: Caster, max_batch: usize) -> Self {
-        VoteService { caster, max_batch }
+    pub fn new(caster: Caster, max_batch: usize, admission: Admission) -> Self {
+        VoteService { caster, max_batch, admission }
+    }
+
+    /// Admits a call (see [`crate::limits`]); the permit is held until the call is answered.
+    fn admit<T>(&self, request: &Request<T>) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let peer = request.remote_addr().map(|addr| addr.ip());
+        let client = self.admission.client(peer, &request.metadata().clone().into_headers());
+        self.admission.admit(client).map_err(|refusal| refusal.status())
     }
 
     async fn cast_one(&self, input: BallotInput) -> Result<String, Status> {
@@ -65,11 +76,13 @@ fn status(err: CastError) -> Status {
 #[tonic::async_trait]
 impl Votes for VoteService {
     async fn cast(&self, request: Request<v1::Vote>) -> Result<Response<v1::CastReply>, Status> {
+        let _permit = self.admit(&request)?;
         let vote_id = self.cast_one(input(request.get_ref())).await?;
         Ok(Response::new(v1::CastReply { vote_id }))
     }
 
     async fn cast_batch(&self, request: Request<Streaming<v1::Vote>>) -> Result<Response<v1::CastBatchReply>, Status> {
+        let _permit = self.admit(&request)?;
         let mut stream = request.into_inner();
         let mut inputs = Vec::new();
         while let Some(vote) = stream.message().await? {
@@ -99,6 +112,7 @@ impl GetInfo for VoteService {
         &self,
         request: Request<confproto::RequestId>,
     ) -> Result<Response<confproto::ReplyInfo>, Status> {
+        let _permit = self.admit(&request)?;
         let r = request.get_ref();
         let vote_id = self.cast_one(BallotInput::from_proto(&r.name, &r.album, &r.year, &r.rank, "", "")).await?;
         Ok(Response::new(confproto::ReplyInfo { info: format!("vote accepted: {vote_id}") }))

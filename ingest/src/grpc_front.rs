@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
     http::StatusCode,
@@ -20,6 +20,7 @@ use tonic::{Code, codegen::http::uri::InvalidUri, transport::Channel};
 use crate::{
     cast::{new_vote_id, rejected},
     http::read_json,
+    limits::Client,
     reply::{self, ApiError},
 };
 
@@ -39,7 +40,11 @@ pub fn router(target: &str, timeout: Duration) -> Result<Router, InvalidUri> {
     Ok(Router::new().route("/grpc/insert", post(insert)).route("/grpc", post(insert)).with_state(front))
 }
 
-async fn insert(State(front): State<Front>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn insert(
+    State(front): State<Front>,
+    client: Option<Extension<Client>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let value = read_json(Route::Grpc, body)?;
     let ballot = BallotInput::from_json(&value)
         .and_then(|input| Ballot::parse(&input))
@@ -56,6 +61,12 @@ async fn insert(State(front): State<Front>, body: Result<Bytes, BytesRejection>)
     };
     let mut request = tonic::Request::new(vote);
     request.set_timeout(front.timeout);
+    // The gRPC server limits clients by this address when it trusts X-Forwarded-For.
+    if let Some(Extension(Client(ip))) = client
+        && let Ok(value) = ip.to_string().parse()
+    {
+        request.metadata_mut().insert("x-forwarded-for", value);
+    }
     let reply = front.client.clone().cast(request).await.map_err(|status| from_status(status, &vote_id))?;
     let vote_id = VoteId::parse(&reply.get_ref().vote_id).map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("the gRPC server sent a bad vote id: {e}"))
@@ -73,7 +84,8 @@ fn from_status(status: tonic::Status, vote_id: &VoteId) -> ApiError {
             format!("the gRPC server did not accept the vote: {message}"),
         )
         .with_details(serde_json::json!({ "vote_id": vote_id.as_str() })),
-        Code::ResourceExhausted => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message),
+        Code::ResourceExhausted => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+            .with_details(serde_json::json!({ "vote_id": vote_id.as_str() })),
         code => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "upstream_error",

@@ -17,6 +17,7 @@ pub mod cast;
 pub mod grpc;
 pub mod grpc_front;
 pub mod http;
+pub mod limits;
 pub mod publisher;
 pub mod reply;
 
@@ -76,6 +77,23 @@ pub struct Config {
     /// Most votes in one batch (HTTP or gRPC).
     #[arg(long, env = "MAX_BATCH_VOTES", default_value_t = 1000)]
     pub max_batch_votes: usize,
+    /// Most vote requests in flight at once, over every route; one more is refused at once with
+    /// 503 `overloaded` (gRPC `RESOURCE_EXHAUSTED`).
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Longest time one vote request may take before it is answered 503 `timeout` (gRPC `CANCELLED`).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Requests per second one client may send (0: no limit); over it, 429 `rate_limited`.
+    #[arg(long, env = "RATE_LIMIT_PER_CLIENT", default_value_t = 0.0)]
+    pub rate_limit_per_client: f64,
+    /// Requests one client may send at once before its rate applies.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 50.0)]
+    pub rate_limit_burst: f64,
+    /// Take the client's address from the first `X-Forwarded-For` hop (behind a trusted proxy such as
+    /// the ingress, or the `/grpc/insert` front).
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -147,6 +165,12 @@ impl Ingest {
         let http_addr = http.local_addr()?;
         let grpc_addr = grpc.as_ref().map(TcpListener::local_addr).transpose()?;
 
+        let admission = limits::Admission::new(
+            config.max_in_flight,
+            Some((config.rate_limit_per_client, config.rate_limit_burst)),
+            config.trust_forwarded_for,
+            config.request_timeout,
+        );
         let mut router = Router::new();
         if config.routes.contains(&Serve::Http) {
             let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch_votes };
@@ -162,6 +186,7 @@ impl Ingest {
                 grpc_front::router(target, timeout).with_context(|| format!("GRPC_TARGET {target:?} is not a URI"))?,
             );
         }
+        let router = router.layer(axum::middleware::from_fn_with_state(admission.clone(), limits::admit_http));
         let publisher = caster.publisher().clone();
         let ready: health::ReadyCheck = Arc::new(move || {
             let publisher = publisher.clone();
@@ -184,11 +209,12 @@ impl Ingest {
 
         let grace = config.shutdown_grace;
         let stopped = shutdown.clone();
-        let http_server = axum::serve(http, router).with_graceful_shutdown(async move { stopped.cancelled().await });
+        let http_server = axum::serve(http, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { stopped.cancelled().await });
         tracing::info!(%http_addr, grpc_addr = ?grpc_addr, routes = ?config.routes, "ingest listening");
 
         let grpc_server = grpc.map(|listener| {
-            let service = VoteService::new(caster.clone(), config.max_batch_votes);
+            let service = VoteService::new(caster.clone(), config.max_batch_votes, admission.clone());
             let stopped = shutdown.clone();
             async move {
                 let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -199,6 +225,7 @@ impl Ingest {
                     .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                     .build_v1()?;
                 tonic::transport::Server::builder()
+                    .timeout(config.request_timeout)
                     .add_service(health_service)
                     .add_service(reflection)
                     .add_service(VotesServer::new(service.clone()).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES))

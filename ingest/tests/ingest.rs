@@ -329,3 +329,104 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     accepted.sort();
     assert_eq!(in_kafka, accepted, "every vote answered as accepted is in Kafka, and only those");
 }
+
+/// Sends `n` copies of a vote as client `from` (X-Forwarded-For); returns the statuses.
+async fn votes_from(ingest: &Ingest, from: &str, n: usize) -> Vec<(u16, Value, Option<String>)> {
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        let response = ingest
+            .client
+            .post(format!("http://{}/votes", ingest.http))
+            .header("x-forwarded-for", from)
+            .json(&json!({"name": BANDS[0].0, "album": BANDS[0].1[0], "year": "1990", "rank": "9"}))
+            .send()
+            .await
+            .expect("ingest answers");
+        let status = response.status().as_u16();
+        let retry = response.headers().get("retry-after").map(|v| v.to_str().expect("ASCII").to_owned());
+        answers.push((status, response.json().await.expect("JSON"), retry));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_gets_429_others_do_not_and_only_accepted_votes_reach_kafka() {
+    let ingest =
+        Ingest::start("rate", &["--rate-limit-per-client=0.5", "--rate-limit-burst=3", "--trust-forwarded-for=true"])
+            .await;
+    let greedy = votes_from(&ingest, "203.0.113.7", 5).await;
+    let statuses: Vec<u16> = greedy.iter().map(|(status, ..)| *status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "{greedy:?}");
+    let (_, refused, retry) = &greedy[3];
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    assert_eq!(retry.as_deref(), Some("2"), "one token comes back every 2 s");
+    let other = votes_from(&ingest, "198.51.100.1, 10.0.0.1", 1).await;
+    assert_eq!(other[0].0, 200, "another client has its own budget: {other:?}");
+
+    // gRPC: the same budget per client, from the x-forwarded-for metadata.
+    let mut client = VotesClient::new(ingest.channel().await);
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let (band, album) = (BANDS[1].0, BANDS[1].1[0]);
+        let vote =
+            Vote { name: band.into(), album: album.into(), year: "1990".into(), rank: "8".into(), ..Vote::default() };
+        let mut request = tonic::Request::new(vote);
+        request.metadata_mut().insert("x-forwarded-for", "192.0.2.44".parse().expect("ASCII"));
+        codes.push(client.cast(request).await.map(drop).map_err(|s| s.code()));
+    }
+    assert_eq!(codes, [Ok(()), Ok(()), Ok(()), Err(tonic::Code::ResourceExhausted)]);
+
+    let votes = read_topic(&ingest.brokers, &ingest.topic);
+    assert_eq!(votes.len(), 3 + 1 + 3, "only accepted votes reach Kafka");
+}
+
+/// Opens a request whose body never finishes, so that it stays in flight.
+async fn stalled_request(ingest: &Ingest) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(ingest.http).await.expect("connects");
+    let head =
+        "POST /votes HTTP/1.1\r\nhost: ingest\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.expect("writes");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_in_flight_limit_ingest_refuses_at_once_and_slow_requests_time_out() {
+    use tokio::io::AsyncReadExt;
+    let ingest = Ingest::start("overload", &["--max-in-flight=2", "--request-timeout=1500ms"]).await;
+    let mut stalled = [stalled_request(&ingest).await, stalled_request(&ingest).await];
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let started = std::time::Instant::now();
+    let (status, reply) = ingest.post("/votes", &json!({"name": "x", "album": "y", "year": "1990", "rank": "5"})).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (503, Some("overloaded")), "{reply}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused at once, not queued");
+    let mut grpc = VotesClient::new(ingest.channel().await);
+    let (band, album) = (BANDS[0].0, BANDS[0].1[0]);
+    let vote =
+        Vote { name: band.into(), album: album.into(), year: "1990".into(), rank: "8".into(), ..Vote::default() };
+    let refused = grpc.cast(vote.clone()).await.expect_err("over the limit");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    let health = ingest.client.get(format!("http://{}/healthz", ingest.http)).send().await.expect("answers");
+    assert_eq!(health.status().as_u16(), 200, "health checks are not vote requests");
+
+    // The stalled requests end with a JSON 503 at the request timeout, which frees their places.
+    for stream in &mut stalled {
+        let mut answer = String::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !answer.contains(r#"}}"#) {
+            let mut chunk = [0; 1024];
+            let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await;
+            let n = read.unwrap_or_else(|_| panic!("no whole answer to a stalled request: {answer}")).expect("reads");
+            assert!(n > 0, "closed without a whole answer: {answer}");
+            answer.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+    }
+    assert!(grpc.cast(vote).await.is_ok(), "accepted again once the places are free");
+    let (status, reply) =
+        ingest.post("/votes", &json!({"name": band, "album": album, "year": "1990", "rank": "5"})).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(read_topic(&ingest.brokers, &ingest.topic).len(), 2);
+}
