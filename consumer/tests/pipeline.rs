@@ -12,7 +12,11 @@ use bandvote_proto::{
     confproto::{RequestId, get_info_client::GetInfoClient},
     v1::{Vote, votes_client::VotesClient},
 };
-use bandvote_testkit::{Services, Tallies, VoteLog, read_tallies, unique, vote, wait_for};
+use bandvote_testkit::{
+    Services, Tallies, VoteLog, read_tallies,
+    servers::{Kind, PrivateServer, SlowProxy},
+    unique, vote, wait_for,
+};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -481,77 +485,9 @@ async fn consumers_scaled_from_2_to_5_and_back_count_exactly() {
     pipeline.finish().await;
 }
 
-/// A Kafka broker of this test's own, in a temporary folder, that the test stops and restarts.
-struct PrivateBroker {
-    dir: std::path::PathBuf,
-    port: u16,
-    controller_port: u16,
-    process: Option<Child>,
-}
-
-impl PrivateBroker {
-    fn start() -> Self {
-        let free_port =
-            || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
-        let dir = std::env::temp_dir().join(unique("broker"));
-        let mut broker = PrivateBroker { dir, port: free_port(), controller_port: free_port(), process: None };
-        broker.restart();
-        broker
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the broker on its folder and waits until it takes connections.
-    fn restart(&mut self) {
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("{}.out", self.dir.display()))).expect("log file");
-        let child = Command::new(bandvote_testkit::repo_root().join("dev/services"))
-            .args([
-                "kafka-foreground",
-                &self.dir.display().to_string(),
-                &self.port.to_string(),
-                &self.controller_port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("dev/services kafka-foreground starts");
-        self.process = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while std::net::TcpStream::connect(self.address()).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the private broker did not start; see {}",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Stops the broker with SIGTERM and waits for it to exit.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_down_is_refused_in_bounded_time_and_recovery_needs_no_restart() {
-    let mut broker = PrivateBroker::start();
+    let mut broker = PrivateServer::start(Kind::Kafka);
     let services = Services { kafka_brokers: broker.address(), ..Services::local() };
     // The broker takes connections a little before it can create topics.
     let kafka = bandvote_ops::config::KafkaArgs {
@@ -680,58 +616,11 @@ async fn records_that_are_not_votes_go_to_the_dead_letter_topic_and_never_stop_c
     pipeline.finish().await;
 }
 
-/// A TCP proxy in front of the MongoDB-protocol server that can hold every byte back, to make the
-/// log store as slow as a test needs.
-struct StallingProxy {
-    addr: SocketAddr,
-    stalled: tokio::sync::watch::Sender<bool>,
-}
-
-impl StallingProxy {
-    async fn start(upstream: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stalled, watch) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let upstream = tokio::net::TcpStream::connect(&upstream).await.expect("upstream answers");
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = upstream.into_split();
-                tokio::spawn(Self::pipe(client_read, server_write, watch.clone()));
-                tokio::spawn(Self::pipe(server_read, client_write, watch.clone()));
-            }
-        });
-        StallingProxy { addr, stalled }
-    }
-
-    async fn pipe(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        mut stalled: tokio::sync::watch::Receiver<bool>,
-    ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buffer = vec![0; 64 * 1024];
-        loop {
-            let Ok(n) = from.read(&mut buffer).await else { return };
-            if n == 0 {
-                return;
-            }
-            if stalled.wait_for(|stalled| !stalled).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn stall(&self, stalled: bool) {
-        self.stalled.send_replace(stalled);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_log_store_does_not_hold_back_the_tallies() {
     let mut pipeline = Pipeline::start("slow-log").await;
     let direct = pipeline.services.mongodb_uri.clone();
-    let proxy = StallingProxy::start(direct.trim_start_matches("mongodb://").trim_end_matches('/').to_owned()).await;
+    let proxy = SlowProxy::start(direct.trim_start_matches("mongodb://").trim_end_matches('/').to_owned()).await;
     pipeline.services.mongodb_uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
     let consumer = pipeline.consume_in_process().await;
     proxy.stall(true);

@@ -5,6 +5,8 @@
 //! group, Redis key prefix and MongoDB database. A test whose service is not running fails with a
 //! message that says how to start it; none is skipped.
 
+pub mod servers;
+
 use std::{
     collections::BTreeMap,
     future::Future,
