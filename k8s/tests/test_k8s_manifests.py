@@ -95,7 +95,7 @@ def break_ingress_port(objs):
 
 def break_secret_key(objs):
     env = _container(objs, "consumer")["env"]
-    next(e for e in env if e["name"] == "MONGODB_URI")["valueFrom"]["secretKeyRef"]["key"] = "MONGO_URI"
+    next(e for e in env if e["name"] == "MONGO_CONSUMER_PASSWORD")["valueFrom"]["secretKeyRef"]["key"] = "MONGO_PASSWORD"
 
 
 def break_secret_name(objs):
@@ -155,7 +155,7 @@ BREAKS = {
     "service target port": (break_service_target_port, "targets grcp"),
     "ingress service": (break_ingress_service, "Service ingest-rpc does not exist"),
     "ingress port": (break_ingress_port, "has no port 8081"),
-    "secret key": (break_secret_key, "has no key MONGO_URI"),
+    "secret key": (break_secret_key, "has no key MONGO_PASSWORD"),
     "secret name": (break_secret_name, "Secret redis-password does not exist"),
     "configmap name": (break_configmap_ref, "ConfigMap kafka-clients does not exist"),
     "configmap key": (break_configmap_key, "has no key redis.cnf"),
