@@ -1,5 +1,6 @@
 //! The HTTP route (the original "Rust" producer): `POST /votes`, `POST /votes/batch`, and the
-//! original paths `/rust/send_data`, `/rust`, `/insert` and `/`.
+//! original paths `/rust/send_data`, `/rust`, `/insert` and `/`; and `GET /openapi.json`, the
+//! hand-written OpenAPI 3.1 document of the HTTP port ([`OPENAPI`]).
 //!
 //! The same handlers also serve the Wasm route's producer side ([`wasm_router`]): the
 //! WebAssembly front (`ingest-wasm`) checks each vote, then forwards it over loopback to
@@ -10,9 +11,9 @@ use axum::{
     Router,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
 };
 use bandvote_domain::{Route, ballot::BallotInput, reply as bodies};
 use serde_json::Value;
@@ -21,6 +22,13 @@ use crate::{
     cast::{Caster, rejected},
     reply::{self, ApiError},
 };
+
+/// The OpenAPI 3.1 document of the HTTP port: the HTTP route, the `/grpc/insert` front and the
+/// operational endpoints.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The paths that take one vote: `/votes` and the original clients' paths.
+const VOTE_PATHS: [&str; 5] = ["/votes", "/rust/send_data", "/rust", "/insert", "/"];
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy)]
@@ -36,16 +44,12 @@ struct HttpRoute {
     route: Route,
 }
 
-/// The HTTP route: votes cast as [`Route::Http`].
+/// The HTTP route: votes cast as [`Route::Http`], and the OpenAPI document.
 pub fn router(caster: Caster, limits: Limits) -> Router {
-    let one = post(cast_one);
-    Router::new()
-        .route("/votes", one.clone())
-        .route("/rust/send_data", one.clone())
-        .route("/rust", one.clone())
-        .route("/insert", one.clone())
-        .route("/", one)
+    let router = VOTE_PATHS.into_iter().fold(Router::new(), |router, path| router.route(path, post(cast_one)));
+    router
         .route("/votes/batch", post(cast_batch))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .with_state(HttpRoute { caster, limits, route: Route::Http })
 }
 
@@ -110,4 +114,107 @@ pub fn read_json(route: Route, body: Result<Bytes, BytesRejection>) -> Result<Va
         rejected(route, "malformed", 1);
         ApiError(refused)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, time::Duration};
+
+    use bandvote_ops::config::KafkaArgs;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::publisher::Publisher;
+
+    /// The paths the other routers of the HTTP port serve: the `/grpc/insert` front and the
+    /// operational endpoints.
+    const OTHER_PATHS: [(&str, &str); 5] =
+        [("/grpc/insert", "post"), ("/grpc", "post"), ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get")];
+
+    fn document() -> Value {
+        serde_json::from_str(OPENAPI).expect("ingest/openapi.json is JSON")
+    }
+
+    /// A router whose producer points at a port nothing listens on: enough for answers that never
+    /// reach Kafka.
+    fn offline_router() -> Router {
+        let kafka = KafkaArgs {
+            brokers: "127.0.0.1:9".into(),
+            topic: "unused".into(),
+            partitions: 1,
+            replication_factor: 1,
+            create_topics: false,
+        };
+        let publisher = Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer");
+        router(Caster::new(publisher, None), Limits { max_body_bytes: 1024, max_batch: 10 })
+    }
+
+    #[test]
+    fn the_document_names_every_path_and_only_those() {
+        let document = document();
+        assert_eq!(document["openapi"], "3.1.0");
+        let mut served: BTreeSet<(String, String)> =
+            VOTE_PATHS.iter().map(|path| ((*path).to_owned(), "post".to_owned())).collect();
+        served.insert(("/votes/batch".into(), "post".into()));
+        served.insert(("/openapi.json".into(), "get".into()));
+        served.extend(OTHER_PATHS.iter().map(|(path, method)| ((*path).to_owned(), (*method).to_owned())));
+        let documented: BTreeSet<(String, String)> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object().expect("a path item").keys().map(move |method| (path.clone(), method.clone()))
+            })
+            .collect();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        fn walk<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+            match value {
+                Value::Object(object) => {
+                    if let Some(Value::String(target)) = object.get("$ref") {
+                        found.push(target);
+                    }
+                    object.values().for_each(|v| walk(v, found));
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, found)),
+                _ => {}
+            }
+        }
+        let document = document();
+        let mut references = Vec::new();
+        walk(&document, &mut references);
+        assert!(!references.is_empty());
+        for target in references {
+            let pointer = target.strip_prefix('#').expect("a local reference");
+            assert!(document.pointer(pointer).is_some(), "{target} resolves to nothing");
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_the_document_and_the_vote_paths() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let base = format!("http://{}", listener.local_addr().expect("an address"));
+        let server = tokio::spawn(async move { axum::serve(listener, offline_router()).await });
+        let client = reqwest::Client::new();
+
+        let reply = client.get(format!("{base}/openapi.json")).send().await.expect("an answer");
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(reply.text().await.expect("a body"), OPENAPI);
+
+        // Each documented POST path of this router exists: another method is refused (405), not
+        // unknown (404). A body that is not JSON is refused before Kafka is asked.
+        for path in VOTE_PATHS.iter().chain(&["/votes/batch"]) {
+            let get = client.get(format!("{base}{path}")).send().await.expect("an answer");
+            assert_eq!(get.status(), 405, "GET {path}");
+            let post = client.post(format!("{base}{path}")).body("{").send().await.expect("an answer");
+            assert_eq!(post.status(), 400, "POST {path}");
+            let body: Value = post.json().await.expect("a JSON error");
+            assert_eq!(body["error"]["code"], "malformed_json", "POST {path}");
+        }
+        server.abort();
+    }
 }
