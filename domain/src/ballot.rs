@@ -248,7 +248,8 @@ fn parse_rank(input: &Input) -> Result<Rank, String> {
         other => return Err(format!("must be a string or a number, got {}", other.type_name())),
     };
     if rank.is_finite() && RANKS.contains(&rank) {
-        Ok(Rank(rank))
+        // A JSON `-0` is zero; kept negative it would print as "-0", which the text form refuses.
+        Ok(Rank(if rank == 0.0 { 0.0 } else { rank }))
     } else {
         Err(format!("must be between {} and {}", RANKS.start(), RANKS.end()))
     }
@@ -398,6 +399,19 @@ mod tests {
             ]
         );
         assert_eq!(problems(json!(["not", "an", "object"])), ["vote: must be a JSON object, got array"]);
+    }
+
+    #[test]
+    fn negative_zero_rank_reads_back_as_text() {
+        // Found by fuzzing: `-0` was kept as -0.0, which the gRPC front re-sent as "-0" and the
+        // gRPC route then refused.
+        let body: serde_json::Value =
+            serde_json::from_str(r#"{"name":"A","album":"a","year":1985,"rank":-0}"#).expect("JSON");
+        let ballot = Ballot::from_json(&body).expect("valid");
+        assert!(ballot.rank.get().is_sign_positive());
+        assert_eq!(ballot.rank.get().to_string(), "0");
+        let resent = BallotInput::from_proto("A", "a", "1985", &ballot.rank.get().to_string(), "", "");
+        assert_eq!(Ballot::parse(&resent), Ok(ballot));
     }
 
     #[test]

@@ -159,6 +159,21 @@ mod tests {
     }
 
     #[test]
+    fn round_trips_a_rank_with_seventeen_digits() {
+        // Found by fuzzing: without serde_json's `float_roundtrip`, the rank read back from the
+        // event's JSON was one unit in the last place away from the rank that was written.
+        let body: serde_json::Value =
+            serde_json::from_str(r#"{"name":"a","album":"l","year":1997,"rank":9.77777777777777770}"#).expect("JSON");
+        let mut event = event();
+        event.ballot = Ballot::from_json(&body).expect("valid");
+        event.ballot.vote_id = Some(event.vote_id.clone());
+        assert_eq!(event.ballot.rank.get(), "9.77777777777777770".parse::<f64>().expect("f64"));
+        let decoded = VoteEvent::decode(Some(&event.encode())).expect("decodes");
+        assert_eq!(decoded.ballot.rank.get().to_bits(), event.ballot.rank.get().to_bits());
+        assert_eq!(decoded, event);
+    }
+
+    #[test]
     fn refuses_what_is_not_a_v1_vote() {
         assert!(matches!(VoteEvent::decode(None), Err(DecodeError::Empty)));
         assert!(matches!(VoteEvent::decode(Some(b"{nope")), Err(DecodeError::Malformed(_))));
