@@ -213,9 +213,11 @@ fn parse_year(input: &Input) -> Result<Year, String> {
             }
             text.parse().ok()
         }
-        Input::Number(number) => match number.as_i64() {
-            Some(year) => Some(year),
-            None => return Err(format!("must be a whole number such as 1997, got {number}")),
+        Input::Number(number) => match (number.as_i64(), number.as_f64()) {
+            (Some(year), _) => Some(year),
+            // `1997.0` is a whole number too (JSON Schema calls it an integer).
+            (None, Some(year)) if year.fract() == 0.0 && year.abs() < 1e9 => Some(year as i64),
+            _ => return Err(format!("must be a whole number such as 1997, got {number}")),
         },
         Input::Missing => return Err("is required".into()),
         other => return Err(format!("must be a string or a number, got {}", other.type_name())),
@@ -226,6 +228,9 @@ fn parse_year(input: &Input) -> Result<Year, String> {
     }
 }
 
+/// Most digits after a rank's decimal point, as text or as the shortest text of a JSON number.
+const MAX_RANK_DECIMALS: usize = 40;
+
 fn parse_rank(input: &Input) -> Result<Rank, String> {
     let rank = match input {
         Input::Text(text) => {
@@ -234,16 +239,24 @@ fn parse_rank(input: &Input) -> Result<Rank, String> {
                 return Err("must not be empty".into());
             }
             let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
-            // Up to 40 decimals: the shortest text of any f64 rank fits, so a JSON number re-sent
-            // as a string (the gRPC front does this) is read the same.
             let digits =
                 |s: &str, most: usize| !s.is_empty() && s.len() <= most && s.bytes().all(|b| b.is_ascii_digit());
-            if !digits(whole, 12) || !digits(fraction, 40) {
+            if !digits(whole, 12) || !digits(fraction, MAX_RANK_DECIMALS) {
                 return Err(format!("must be a decimal number such as \"9.5\", got {}", quoted(text)));
             }
             text.parse::<f64>().map_err(|_| format!("must be a decimal number, got {}", quoted(text)))?
         }
-        Input::Number(number) => number.as_f64().unwrap_or(f64::NAN),
+        Input::Number(number) => {
+            let rank = number.as_f64().unwrap_or(f64::NAN);
+            // The same rule as for text, on the shortest text of the number: the gRPC front re-sends
+            // a JSON rank as text, and both must be read alike.
+            let shortest = rank.to_string();
+            let decimals = shortest.split_once('.').map_or(0, |(_, fraction)| fraction.len());
+            if decimals > MAX_RANK_DECIMALS {
+                return Err(format!("must have at most {MAX_RANK_DECIMALS} decimals, got {number}"));
+            }
+            rank
+        }
         Input::Missing => return Err("is required".into()),
         other => return Err(format!("must be a string or a number, got {}", other.type_name())),
     };
@@ -399,6 +412,25 @@ mod tests {
             ]
         );
         assert_eq!(problems(json!(["not", "an", "object"])), ["vote: must be a JSON object, got array"]);
+    }
+
+    #[test]
+    fn a_whole_year_with_a_zero_fraction_is_a_year() {
+        let vote = |year: serde_json::Value| json!({"name": "A", "album": "a", "year": year, "rank": 9});
+        assert_eq!(Ballot::from_json(&vote(json!(1990.0))).expect("valid").year.get(), 1990);
+        assert_eq!(problems(vote(json!(1990.5))), ["year: must be a whole number such as 1997, got 1990.5"]);
+        assert_eq!(problems(vote(json!(1e300))), ["year: must be a whole number such as 1997, got 1e300"]);
+    }
+
+    #[test]
+    fn a_rank_is_read_alike_as_a_number_and_as_its_text() {
+        // 1e-41 written out has 41 decimals: refused as a number, as the gRPC front's text would be.
+        let vote = |rank: serde_json::Value| json!({"name": "A", "album": "a", "year": 1990, "rank": rank});
+        assert_eq!(problems(vote(json!(1e-41))), ["rank: must have at most 40 decimals, got 1e-41"]);
+        let text = 1e-40_f64.to_string();
+        assert_eq!(text.split_once('.').expect("decimals").1.len(), 40);
+        assert!(Ballot::from_json(&vote(json!(1e-40))).is_ok());
+        assert!(Ballot::from_json(&vote(json!(text))).is_ok());
     }
 
     #[test]

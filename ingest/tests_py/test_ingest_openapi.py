@@ -97,34 +97,22 @@ def test_the_run_fails_on_an_answer_the_document_does_not_list(ingest):
     assert any("Undocumented status code" in failure for failure in report.failures), report.failures
 
 
-# What schemathesis found beyond the four checks: votes the document allows, and /votes accepts,
-# that a route refuses with 400. Both answers are documented, so the run above passes; these pin
-# the behaviour down until the server is changed (strict: a fix makes them fail until the mark
-# goes).
+# What schemathesis found beyond the four checks, now fixed: votes the document allows that one
+# route refused and another accepted.
 VALID = {"name": "Alux Nahual", "album": "Conquista", "year": 1990, "rank": 9.5}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ballot::parse_year takes a JSON number only when serde_json reads it as an integer, "
-    "so 1990.0 (an integer in JSON Schema) is refused with 400 invalid_vote",
-)
 def test_a_year_written_with_a_zero_fraction_is_accepted(ingest):
     body = '{"name": "Alux Nahual", "album": "Conquista", "year": 1990.0, "rank": 9.5}'
-    reply = requests.post(f"{ingest}/votes", data=body, timeout=10)
-    assert reply.status_code == 200, reply.text
+    for path in ("/votes", "/grpc/insert"):
+        reply = requests.post(f"{ingest}{path}", data=body, timeout=10)
+        assert reply.status_code == 200, (path, reply.text)
 
 
-def test_a_tiny_rank_is_accepted_on_the_http_route(ingest):
-    reply = requests.post(f"{ingest}/votes", json={**VALID, "rank": 1e-41}, timeout=10)
-    assert reply.status_code == 200, reply.text
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc_front re-sends rank as f64::to_string(), which writes 1e-41 as 0.000...01 with 41 "
-    "decimals; the gRPC server's parse_rank takes at most 40, so /grpc/insert refuses a vote /votes accepts",
-)
-def test_a_tiny_rank_is_accepted_on_the_grpc_front(ingest):
-    reply = requests.post(f"{ingest}/grpc/insert", json={**VALID, "rank": 1e-41}, timeout=10)
-    assert reply.status_code == 200, reply.text
+def test_a_rank_too_fine_to_write_in_40_decimals_gets_one_answer_on_every_path(ingest):
+    answers = {}
+    for path in ("/votes", "/grpc/insert"):
+        reply = requests.post(f"{ingest}{path}", json={**VALID, "rank": 1e-41}, timeout=10)
+        error = reply.json()["error"]
+        answers[path] = (reply.status_code, error["code"], [f["field"] for f in error["fields"]])
+    assert answers == {path: (400, "invalid_vote", ["rank"]) for path in answers}, answers
