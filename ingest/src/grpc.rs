@@ -6,11 +6,12 @@ use bandvote_proto::{
     confproto::{self, get_info_server::GetInfo},
     v1::{self, votes_server::Votes},
 };
+use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     cast::{BatchError, CastError, Caster, rejected},
-    limits::Admission,
+    limits::{Admission, Admitted},
 };
 
 /// Largest gRPC message accepted, in bytes.
@@ -28,11 +29,11 @@ impl VoteService {
         VoteService { caster, max_batch, admission }
     }
 
-    /// Admits a call (see [`crate::limits`]); the permit is held until the call is answered.
-    fn admit<T>(&self, request: &Request<T>) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    /// Admits a call of about `bytes` (see [`crate::limits`]); it holds its place until answered.
+    fn admit<T>(&self, request: &Request<T>, bytes: usize) -> Result<Admitted, Status> {
         let peer = request.remote_addr().map(|addr| addr.ip());
         let client = self.admission.client(peer, &request.metadata().clone().into_headers());
-        self.admission.admit(client).map_err(|refusal| refusal.status())
+        self.admission.admit(client, bytes).map_err(|refusal| refusal.status())
     }
 
     async fn cast_one(&self, input: BallotInput) -> Result<String, Status> {
@@ -76,13 +77,14 @@ fn status(err: CastError) -> Status {
 #[tonic::async_trait]
 impl Votes for VoteService {
     async fn cast(&self, request: Request<v1::Vote>) -> Result<Response<v1::CastReply>, Status> {
-        let _permit = self.admit(&request)?;
+        let _admitted = self.admit(&request, request.get_ref().encoded_len())?;
         let vote_id = self.cast_one(input(request.get_ref())).await?;
         Ok(Response::new(v1::CastReply { vote_id }))
     }
 
     async fn cast_batch(&self, request: Request<Streaming<v1::Vote>>) -> Result<Response<v1::CastBatchReply>, Status> {
-        let _permit = self.admit(&request)?;
+        // A stream's size is not known before it is read: count it as a full batch of small votes.
+        let _admitted = self.admit(&request, self.max_batch * 128)?;
         let mut stream = request.into_inner();
         let mut inputs = Vec::new();
         while let Some(vote) = stream.message().await? {
@@ -112,7 +114,7 @@ impl GetInfo for VoteService {
         &self,
         request: Request<confproto::RequestId>,
     ) -> Result<Response<confproto::ReplyInfo>, Status> {
-        let _permit = self.admit(&request)?;
+        let _admitted = self.admit(&request, request.get_ref().encoded_len())?;
         let r = request.get_ref();
         let vote_id = self.cast_one(BallotInput::from_proto(&r.name, &r.album, &r.year, &r.rank, "", "")).await?;
         Ok(Response::new(confproto::ReplyInfo { info: format!("vote accepted: {vote_id}") }))

@@ -81,6 +81,10 @@ pub struct Config {
     /// 503 `overloaded` (gRPC `RESOURCE_EXHAUSTED`).
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,
+    /// Most bytes of vote requests in flight at once (by Content-Length; a body without one counts
+    /// as MAX_BODY_BYTES). This bounds memory: over it, 503 `overloaded`.
+    #[arg(long, env = "MAX_IN_FLIGHT_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_in_flight_bytes: usize,
     /// Longest time one vote request may take before it is answered 503 `timeout` (gRPC `CANCELLED`).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -165,12 +169,13 @@ impl Ingest {
         let http_addr = http.local_addr()?;
         let grpc_addr = grpc.as_ref().map(TcpListener::local_addr).transpose()?;
 
-        let admission = limits::Admission::new(
-            config.max_in_flight,
+        let mut admission = limits::Admission::new(
+            (config.max_in_flight, config.max_in_flight_bytes),
             Some((config.rate_limit_per_client, config.rate_limit_burst)),
             config.trust_forwarded_for,
             config.request_timeout,
         );
+        admission.largest_body = config.max_body_bytes;
         let mut router = Router::new();
         if config.routes.contains(&Serve::Http) {
             let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch_votes };
@@ -197,11 +202,16 @@ impl Ingest {
             .fallback(|| async {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path; votes go to POST /votes")
             })
-            .method_not_allowed_fallback(|| async {
+            .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+                let takes = if matches!(uri.path(), "/healthz" | "/readyz" | "/metrics" | "/openapi.json") {
+                    "GET"
+                } else {
+                    "POST with a JSON vote"
+                };
                 ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
-                    "this path takes POST with a JSON vote",
+                    format!("{} does not take {method}; it takes {takes}", uri.path()),
                 )
             })
             .layer(DefaultBodyLimit::max(config.max_body_bytes))

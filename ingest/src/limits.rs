@@ -1,8 +1,10 @@
 //! Admission: what keeps ingest answering under more load than it can take.
 //!
-//! * In flight: at most `MAX_IN_FLIGHT` vote requests at once, over every route together. One more
-//!   is refused at once with 503 `overloaded` / `RESOURCE_EXHAUSTED` instead of waiting in a queue,
-//!   so memory stays bounded by the limit times the largest request.
+//! * In flight: at most `MAX_IN_FLIGHT` vote requests at once, carrying at most
+//!   `MAX_IN_FLIGHT_BYTES` of request bodies, over every route together. One more is refused at
+//!   once with 503 `overloaded` / `RESOURCE_EXHAUSTED` instead of waiting in a queue. A request's
+//!   working memory grows with its body (a batch of 1000 votes, 90 KB of JSON, takes a few MB
+//!   parsed, checked and queued for Kafka), so the byte budget is what bounds memory.
 //! * Per client (optional): a token bucket of `RATE_LIMIT_PER_CLIENT` requests per second with a
 //!   burst of `RATE_LIMIT_BURST`, keyed by the client's address (or the first `X-Forwarded-For`
 //!   hop behind a trusted proxy). Over it: 429 `rate_limited` / `RESOURCE_EXHAUSTED` with
@@ -19,7 +21,10 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, HeaderValue, header::RETRY_AFTER},
+    http::{
+        HeaderMap, HeaderValue,
+        header::{CONTENT_LENGTH, RETRY_AFTER},
+    },
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -34,17 +39,23 @@ const MAX_TRACKED_CLIENTS: usize = 100_000;
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Refusal {
-    Overloaded { in_flight: usize },
-    RateLimited { retry_after: Duration },
+    /// At the limit of `limit` (`what`: "requests" or "bytes of requests") in flight.
+    Overloaded {
+        what: &'static str,
+        limit: usize,
+    },
+    RateLimited {
+        retry_after: Duration,
+    },
 }
 
 impl Refusal {
     pub fn reply(self) -> ErrorReply {
         match self {
-            Refusal::Overloaded { in_flight } => ErrorReply::new(
+            Refusal::Overloaded { what, limit } => ErrorReply::new(
                 503,
                 "overloaded",
-                format!("ingest is at its limit of {in_flight} requests in flight; try again shortly"),
+                format!("ingest is at its limit of {limit} {what} in flight; try again shortly"),
             ),
             Refusal::RateLimited { retry_after } => ErrorReply::new(
                 429,
@@ -75,35 +86,57 @@ fn retry_seconds(wait: Duration) -> u64 {
 pub struct Admission {
     in_flight: Arc<Semaphore>,
     most_in_flight: usize,
+    /// The byte budget, in KiB.
+    body_kib: Arc<Semaphore>,
+    most_body_kib: usize,
     rate: Option<Arc<RateLimiter>>,
     trust_forwarded_for: bool,
     pub request_timeout: Duration,
+    /// `MAX_BODY_BYTES`: a larger Content-Length is refused before admission (413), and a body
+    /// without one is counted as this large.
+    pub largest_body: usize,
 }
 
 impl Admission {
     pub fn new(
-        most_in_flight: usize,
+        (most_in_flight, most_bytes): (usize, usize),
         per_client: Option<(f64, f64)>,
         trust_forwarded_for: bool,
         request_timeout: Duration,
     ) -> Self {
+        let most_body_kib = most_bytes.div_ceil(1024).max(1);
         Admission {
             in_flight: Arc::new(Semaphore::new(most_in_flight.max(1))),
             most_in_flight: most_in_flight.max(1),
+            body_kib: Arc::new(Semaphore::new(most_body_kib)),
+            most_body_kib,
             rate: per_client
                 .filter(|(rate, _)| *rate > 0.0)
                 .map(|(rate, burst)| Arc::new(RateLimiter::new(rate, burst))),
             trust_forwarded_for,
             request_timeout,
+            largest_body: most_bytes.min(256 * 1024),
         }
     }
 
-    /// Admits one request from `client`; the permit is held until the answer is sent.
-    pub fn admit(&self, client: Option<IpAddr>) -> Result<OwnedSemaphorePermit, Refusal> {
+    /// Admits one request of about `bytes` from `client`; it holds its place until the answer is
+    /// sent. A request larger than the whole budget is admitted when nothing else is in flight.
+    pub fn admit(&self, client: Option<IpAddr>, bytes: usize) -> Result<Admitted, Refusal> {
         if let (Some(rate), Some(client)) = (&self.rate, client) {
             rate.take(client, Instant::now())?;
         }
-        self.in_flight.clone().try_acquire_owned().map_err(|_| Refusal::Overloaded { in_flight: self.most_in_flight })
+        let request = self
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Overloaded { what: "requests", limit: self.most_in_flight })?;
+        let kib = bytes.div_ceil(1024).clamp(1, self.most_body_kib) as u32;
+        let body = self
+            .body_kib
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| Refusal::Overloaded { what: "bytes of requests", limit: self.most_body_kib * 1024 })?;
+        Ok(Admitted { _request: request, _body: body })
     }
 
     /// The client a request comes from: the peer, or the first `X-Forwarded-For` hop when the peer
@@ -119,6 +152,13 @@ impl Admission {
     }
 }
 
+/// A request's place in flight, given back when it is dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    _request: OwnedSemaphorePermit,
+    _body: OwnedSemaphorePermit,
+}
+
 /// The client an HTTP request was admitted for, for handlers that pass it on (the gRPC front).
 #[derive(Debug, Clone, Copy)]
 pub struct Client(pub IpAddr);
@@ -130,7 +170,14 @@ pub async fn admit_http(State(admission): State<Admission>, mut request: Request
     if let Some(client) = client {
         request.extensions_mut().insert(Client(client));
     }
-    let _permit = match admission.admit(client) {
+    // A body without a length may be as large as the body limit allows.
+    let length = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if let Some(length) = length.filter(|length| *length > admission.largest_body) {
+        let limit = admission.largest_body;
+        let message = format!("the body is {length} bytes; the limit is {limit} bytes (MAX_BODY_BYTES)");
+        return ApiError(ErrorReply::body_too_large(message)).into_response();
+    }
+    let _admitted = match admission.admit(client, length.unwrap_or(admission.largest_body)) {
         Ok(permit) => permit,
         Err(refusal) => {
             let seconds = retry_seconds(refusal.retry_after());
@@ -230,12 +277,25 @@ mod tests {
 
     #[test]
     fn in_flight_requests_are_capped_and_released() {
-        let admission = Admission::new(2, None, false, Duration::from_secs(1));
-        let first = admission.admit(None).expect("first");
-        let _second = admission.admit(None).expect("second");
-        assert_eq!(admission.admit(None).unwrap_err(), Refusal::Overloaded { in_flight: 2 });
+        let admission = Admission::new((2, 1 << 20), None, false, Duration::from_secs(1));
+        let first = admission.admit(None, 100).expect("first");
+        let _second = admission.admit(None, 100).expect("second");
+        assert_eq!(admission.admit(None, 100).unwrap_err(), Refusal::Overloaded { what: "requests", limit: 2 });
         drop(first);
-        assert!(admission.admit(None).is_ok(), "a finished request frees its place");
+        assert!(admission.admit(None, 100).is_ok(), "a finished request frees its place");
+    }
+
+    #[test]
+    fn in_flight_bytes_are_capped_and_one_large_request_still_fits() {
+        let admission = Admission::new((100, 10 * 1024), None, false, Duration::from_secs(1));
+        let big = admission.admit(None, 6 * 1024).expect("6 KiB of 10");
+        let refused = admission.admit(None, 5 * 1024).unwrap_err();
+        assert_eq!(refused, Refusal::Overloaded { what: "bytes of requests", limit: 10 * 1024 });
+        let _small = admission.admit(None, 3000).expect("3 KiB more fits");
+        drop(big);
+        drop(_small);
+        let _huge = admission.admit(None, 1 << 30).expect("alone, a request larger than the budget is admitted");
+        assert!(admission.admit(None, 1).is_err());
     }
 
     #[test]
@@ -243,8 +303,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7, 10.0.0.9"));
         let peer = Some(ip(9));
-        let trusting = Admission::new(1, None, true, Duration::from_secs(1));
-        let wary = Admission::new(1, None, false, Duration::from_secs(1));
+        let trusting = Admission::new((1, 1024), None, true, Duration::from_secs(1));
+        let wary = Admission::new((1, 1024), None, false, Duration::from_secs(1));
         assert_eq!(trusting.client(peer, &headers), Some(IpAddr::from([203, 0, 113, 7])));
         assert_eq!(wary.client(peer, &headers), peer);
     }

@@ -46,7 +46,10 @@ impl Publisher {
             .set("message.timeout.ms", &timeout_ms)
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", "200000")
+            // The local queue is bounded in records and in bytes; when it is full a vote is refused
+            // (503) rather than held in memory.
+            .set("queue.buffering.max.messages", "100000")
+            .set("queue.buffering.max.kbytes", "65536")
             .set("reconnect.backoff.max.ms", "1000")
             .create()?;
         Ok(Publisher { producer, topic: kafka.topic.clone(), timeout })

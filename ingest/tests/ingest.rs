@@ -166,9 +166,19 @@ async fn each_bad_input_gets_its_clear_error_and_nothing_of_it_reaches_kafka() {
     // Errors for paths and methods are JSON too.
     let (status, reply) = ingest.post("/nowhere", &good).await;
     assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")));
-    let response = ingest.client.get(format!("http://{}/votes", ingest.http)).send().await.expect("answers");
-    assert_eq!(response.status().as_u16(), 405);
-    assert_eq!(response.json::<Value>().await.expect("JSON")["error"]["code"], "method_not_allowed");
+    for (method, path, message) in [
+        (reqwest::Method::GET, "/votes", "/votes does not take GET; it takes POST with a JSON vote"),
+        (reqwest::Method::DELETE, "/healthz", "/healthz does not take DELETE; it takes GET"),
+    ] {
+        let response =
+            ingest.client.request(method, format!("http://{}{path}", ingest.http)).send().await.expect("answers");
+        assert_eq!(response.status().as_u16(), 405);
+        let reply = response.json::<Value>().await.expect("JSON");
+        assert_eq!(
+            (reply["error"]["code"].as_str(), reply["error"]["message"].as_str()),
+            (Some("method_not_allowed"), Some(message))
+        );
+    }
 
     // gRPC: INVALID_ARGUMENT naming the fields.
     let mut grpc = VotesClient::connect(format!("http://{}", ingest.grpc)).await.expect("gRPC connects");
