@@ -14,6 +14,7 @@
 //! logged twice; then Redis is flushed and rebuilt from the log, and must come back the same.
 
 mod load;
+pub mod overload;
 mod stack;
 
 use std::{
@@ -29,6 +30,9 @@ use clap::Parser;
 
 pub use crate::{load::Ledger, stack::Stack};
 
+/// Longest wait for a stage to catch up after a fault; past it the run fails.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "bandvote-chaos",
@@ -37,16 +41,16 @@ pub use crate::{load::Ledger, stack::Stack};
 )]
 pub struct Config {
     /// Votes offered per second, half on each route.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 250)]
     pub rate: u32,
     /// Steady load before and between faults.
-    #[arg(long, default_value = "10s", value_parser = bandvote_ops_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub settle: Duration,
     /// How long the log store stays slow.
-    #[arg(long, default_value = "15s", value_parser = bandvote_ops_duration)]
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub slow_for: Duration,
     /// Delay the slow log store adds to every chunk of bytes, each way.
-    #[arg(long, default_value = "250ms", value_parser = bandvote_ops_duration)]
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     pub slow_delay: Duration,
     /// Folder of the bandvote-ingest and bandvote-consumer binaries (default: beside this one).
     #[arg(long)]
@@ -56,7 +60,7 @@ pub struct Config {
     pub report: Option<PathBuf>,
 }
 
-fn bandvote_ops_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 250ms"))?;
     match unit {
@@ -192,43 +196,43 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     tokio::time::sleep(config.settle).await;
 
     for n in 1..=3 {
-        let fault = Fault::begin(&stack, &load).await;
+        let fault = Fault::begin(&load).await;
         stack.kill_consumer(0);
         stack.spawn_consumer(0)?;
         recoveries.push(fault.until_counted(&format!("consumer killed with SIGKILL ({n} of 3)"), &stack, &load).await?);
         tokio::time::sleep(config.settle / 2).await;
     }
 
-    let fault = Fault::begin(&stack, &load).await;
+    let fault = Fault::begin(&load).await;
     for i in 2..5 {
         stack.spawn_consumer(i)?;
     }
     recoveries.push(fault.until_counted("consumers scaled 2 → 5", &stack, &load).await?);
     tokio::time::sleep(config.settle).await;
-    let fault = Fault::begin(&stack, &load).await;
+    let fault = Fault::begin(&load).await;
     for i in 2..5 {
         stack.terminate_consumer(i);
     }
     recoveries.push(fault.until_counted("consumers scaled 5 → 2 (SIGTERM)", &stack, &load).await?);
     tokio::time::sleep(config.settle).await;
 
-    let fault = Fault::begin(&stack, &load).await;
+    let fault = Fault::begin(&load).await;
     stack.kafka.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.kafka.restart();
     recoveries.push(fault.until_accepting("Kafka broker stopped 2 s and restarted", &load).await?);
-    let fault = Fault::begin(&stack, &load).await;
+    let fault = Fault::begin(&load).await;
     recoveries.push(fault.until_counted("  … and counting again after it", &stack, &load).await?);
     tokio::time::sleep(config.settle).await;
 
-    let fault = Fault::begin(&stack, &load).await;
+    let fault = Fault::begin(&load).await;
     stack.redis.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.redis.restart();
     recoveries.push(fault.until_counted("Redis stopped 1 s and restarted (AOF on)", &stack, &load).await?);
     tokio::time::sleep(config.settle).await;
 
-    let fault = Fault::begin(&stack, &load).await;
+    let fault = Fault::begin(&load).await;
     stack.mongo.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.mongo.restart();
@@ -237,7 +241,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
 
     stack.proxy.delay(config.slow_delay);
     tokio::time::sleep(config.slow_for).await;
-    let fault = Fault::begin(&stack, &load).await;
+    let fault = Fault::begin(&load).await;
     stack.proxy.delay(Duration::ZERO);
     let slow = format!(
         "log store slowed by {} ms per chunk for {} s",
@@ -249,7 +253,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
 
     let ledger = load.finish(Duration::from_secs(60)).await;
     let accepted = ledger.accepted.len() as u64;
-    wait_until("every accepted vote counted and logged", Duration::from_secs(120), || async {
+    wait_until("every accepted vote counted and logged", RECOVERY_LIMIT, || async {
         let (counted, logged) = (stack.counted().await, stack.logged().await);
         (counted >= accepted && logged >= accepted)
             .then_some(())
@@ -324,17 +328,24 @@ fn without_seconds(counts: &Counts) -> Counts {
     Counts { seconds: BTreeMap::new(), ..counts.clone() }
 }
 
-/// The moment a fault began: what had been accepted, counted and refused by then.
+/// The moment a fault began, and the refusals until then.
 struct Fault {
     at: Instant,
-    accepted: u64,
     refused: u64,
 }
 
+/// How long after a fault the votes are taken whose arrival marks the recovery: a stage has
+/// recovered when it has done every vote accepted up to this long after the fault began.
+const MARK_AFTER: Duration = Duration::from_secs(1);
+
 impl Fault {
-    async fn begin(_stack: &Stack, load: &load::Load) -> Self {
-        let (accepted, refused) = load.progress();
-        Fault { at: Instant::now(), accepted, refused }
+    async fn begin(load: &load::Load) -> Self {
+        Fault { at: Instant::now(), refused: load.progress().1 }
+    }
+
+    /// Waits until [`MARK_AFTER`] past the fault.
+    async fn mark(&self) {
+        tokio::time::sleep_until((self.at + MARK_AFTER).into()).await;
     }
 
     fn recovery(&self, fault: &str, load: &load::Load) -> Recovery {
@@ -345,10 +356,11 @@ impl Fault {
         }
     }
 
-    /// Waits until Redis counted every vote accepted before the fault.
+    /// Waits until Redis counted every vote accepted up to [`MARK_AFTER`] past the fault.
     async fn until_counted(self, fault: &str, stack: &Stack, load: &load::Load) -> anyhow::Result<Recovery> {
-        let target = self.accepted;
-        wait_until(fault, Duration::from_secs(120), || async {
+        self.mark().await;
+        let target = load.progress().0;
+        wait_until(fault, RECOVERY_LIMIT, || async {
             let counted = stack.counted().await;
             (counted >= target).then_some(()).ok_or(format!("{counted} of {target} counted"))
         })
@@ -356,12 +368,17 @@ impl Fault {
         Ok(self.recovery(fault, load))
     }
 
-    /// Waits until MongoDB logged every vote accepted before the fault.
+    /// Waits until MongoDB logged the latest votes accepted up to [`MARK_AFTER`] past the fault (the
+    /// final reckoning checks every one).
     async fn until_logged(self, fault: &str, stack: &Stack, load: &load::Load) -> anyhow::Result<Recovery> {
-        let target = self.accepted;
-        wait_until(fault, Duration::from_secs(120), || async {
-            let logged = stack.logged().await;
-            (logged >= target).then_some(()).ok_or(format!("{logged} of {target} logged"))
+        self.mark().await;
+        let ids = &load.recent_ids();
+        wait_until(fault, RECOVERY_LIMIT, || async {
+            match stack.logged_of(ids).await {
+                Ok(logged) if logged == ids.len() => Ok(()),
+                Ok(logged) => Err(format!("{logged} of the latest {} logged", ids.len())),
+                Err(why) => Err(why),
+            }
         })
         .await?;
         Ok(self.recovery(fault, load))
@@ -370,7 +387,7 @@ impl Fault {
     /// Waits until ingest accepts votes again.
     async fn until_accepting(self, fault: &str, load: &load::Load) -> anyhow::Result<Recovery> {
         let since = load.last_accepted_at();
-        wait_until(fault, Duration::from_secs(120), || async {
+        wait_until(fault, RECOVERY_LIMIT, || async {
             (load.last_accepted_at() > since && load.last_accepted_at() > Some(self.at))
                 .then_some(())
                 .ok_or("no vote accepted since".to_owned())
@@ -391,6 +408,32 @@ where
             Ok(()) => return Ok(()),
             Err(last) if Instant::now() >= deadline => anyhow::bail!("{what}: not within {within:?} ({last})"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Prints a run's report, writes it to `path` when given, and gives the exit code: 0 passed,
+/// 1 failed, 2 could not run.
+pub fn conclude(
+    command: &str,
+    outcome: anyhow::Result<(String, bool)>,
+    path: Option<&std::path::Path>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    match outcome {
+        Ok((text, passed)) => {
+            print!("{text}");
+            if let Some(path) = path
+                && let Err(err) = std::fs::write(path, &text)
+            {
+                eprintln!("{command}: cannot write {}: {err}", path.display());
+                return ExitCode::from(2);
+            }
+            if passed { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(err) => {
+            eprintln!("{command}: {err:#}");
+            ExitCode::from(2)
         }
     }
 }

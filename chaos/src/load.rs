@@ -20,6 +20,9 @@ use crate::stack::Stack;
 
 /// Votes being sent (or re-sent) at once, at most.
 const MOST_IN_FLIGHT: u32 = 2000;
+/// Latest accepted ids kept: enough to cover every partition (the log store is too slow to count
+/// in full while it is being written).
+pub const RECENT: usize = 48;
 /// Pause before a refused vote is sent again.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
@@ -60,6 +63,8 @@ struct Shared {
     accepted: AtomicU64,
     refused: AtomicU64,
     last_accepted: Mutex<Option<Instant>>,
+    /// The ids of the latest accepted votes, newest last.
+    recent: Mutex<std::collections::VecDeque<String>>,
     stop_sending: AtomicBool,
     give_up: AtomicBool,
     in_flight: Arc<Semaphore>,
@@ -83,6 +88,7 @@ impl Load {
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             last_accepted: Mutex::new(None),
+            recent: Mutex::new(std::collections::VecDeque::new()),
             stop_sending: AtomicBool::new(false),
             give_up: AtomicBool::new(false),
             in_flight: Arc::new(Semaphore::new(MOST_IN_FLIGHT as usize)),
@@ -131,6 +137,11 @@ impl Load {
     /// Votes accepted and refusing answers so far.
     pub fn progress(&self) -> (u64, u64) {
         (self.shared.accepted.load(Ordering::Relaxed), self.shared.refused.load(Ordering::Relaxed))
+    }
+
+    /// The ids of the latest accepted votes (at most [`RECENT`]).
+    pub fn recent_ids(&self) -> Vec<String> {
+        self.shared.recent.lock().expect("recent").iter().cloned().collect()
     }
 
     pub fn last_accepted_at(&self) -> Option<Instant> {
@@ -202,6 +213,12 @@ async fn send_until_accepted(
         };
         match answer {
             Answer::Accepted => {
+                let mut recent = shared.recent.lock().expect("recent");
+                if recent.len() == RECENT {
+                    recent.pop_front();
+                }
+                recent.push_back(id.clone());
+                drop(recent);
                 shared.ledger.lock().expect("ledger").accepted.insert(id, (n, route));
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
                 *shared.last_accepted.lock().expect("clock") = Some(Instant::now());

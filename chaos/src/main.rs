@@ -1,25 +1,8 @@
-use std::process::ExitCode;
-
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() -> std::process::ExitCode {
     let config = bandvote_chaos::Config::parse();
-    match bandvote_chaos::run(&config).await {
-        Ok(report) => {
-            let text = report.markdown();
-            print!("{text}");
-            if let Some(path) = &config.report
-                && let Err(err) = std::fs::write(path, &text)
-            {
-                eprintln!("bandvote-chaos: cannot write {}: {err}", path.display());
-                return ExitCode::from(2);
-            }
-            if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
-        }
-        Err(err) => {
-            eprintln!("bandvote-chaos: {err:#}");
-            ExitCode::from(2)
-        }
-    }
+    let outcome = bandvote_chaos::run(&config).await.map(|report| (report.markdown(), report.passed()));
+    bandvote_chaos::conclude("bandvote-chaos", outcome, config.report.as_deref())
 }

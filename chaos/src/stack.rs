@@ -3,7 +3,7 @@
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -33,6 +33,11 @@ impl Stack {
     const GROUP: &'static str = "chaos-consumers";
 
     pub async fn start(bin_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin_dir, &[]).await
+    }
+
+    /// Starts the stack with more ingest arguments (limits, for the overload run).
+    pub async fn start_with(bin_dir: &Path, ingest_args: &[&str]) -> anyhow::Result<Self> {
         for binary in ["bandvote-ingest", "bandvote-consumer"] {
             anyhow::ensure!(
                 bin_dir.join(binary).is_file(),
@@ -56,8 +61,10 @@ impl Stack {
                 format!("--kafka-topic={}", Self::TOPIC),
                 "--kafka-produce-timeout=2s".into(),
             ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
+            .args(ingest_args)
+            .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(log_file("ingest")?)
+            .stderr(log_file("ingest")?)
             .spawn()
             .context("bandvote-ingest does not start")?;
         let log = mongodb::Client::with_uri_str(format!("{}?serverSelectionTimeoutMS=2000", mongo.url()))
@@ -101,8 +108,9 @@ impl Stack {
                 format!("--mongodb-uri=mongodb://{}/?directConnection=true", self.proxy.addr),
                 format!("--mongodb-database={}", Self::DATABASE),
             ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(log_file(&format!("consumer-{i}"))?)
+            .stderr(log_file(&format!("consumer-{i}"))?)
             .spawn()
             .context("bandvote-consumer does not start")?;
         if self.consumers.len() <= i {
@@ -133,6 +141,11 @@ impl Stack {
         }
     }
 
+    /// The ingest process's id, to read its memory.
+    pub fn ingest_pid(&self) -> u32 {
+        self.ingest.id()
+    }
+
     pub fn keys(&self) -> RedisKeys {
         RedisKeys::new(Self::PREFIX)
     }
@@ -151,10 +164,25 @@ impl Stack {
         tokio::time::timeout(Duration::from_secs(2), read).await.ok().flatten().flatten().unwrap_or(0)
     }
 
-    /// Votes logged in MongoDB (0 while it does not answer).
+    /// Votes logged in MongoDB (0 while it does not answer). FerretDB on SQLite counts by reading
+    /// every document (about 8 s per 100 000), so this is for the end of a run.
     pub async fn logged(&self) -> u64 {
         let count = self.log.count_documents(doc! {});
-        tokio::time::timeout(Duration::from_secs(5), count).await.ok().and_then(Result::ok).unwrap_or(0)
+        tokio::time::timeout(Duration::from_secs(60), count).await.ok().and_then(Result::ok).unwrap_or(0)
+    }
+
+    /// How many of `ids` are logged, or why MongoDB did not say. One lookup per id: FerretDB on
+    /// SQLite finds by `_id` equality in about a millisecond but scans for `$in`.
+    pub async fn logged_of(&self, ids: &[String]) -> Result<usize, String> {
+        let find = async {
+            let mut found = 0;
+            for id in ids {
+                let one = self.log.find_one(doc! {"_id": id}).projection(doc! {"_id": 1}).await;
+                found += usize::from(one.map_err(|e| e.to_string())?.is_some());
+            }
+            Ok(found)
+        };
+        tokio::time::timeout(Duration::from_secs(20), find).await.map_err(|_| "no answer within 20 s".to_owned())?
     }
 
     pub async fn logged_ids(&self) -> anyhow::Result<HashSet<String>> {
@@ -183,6 +211,14 @@ impl Drop for Stack {
             let _ = child.wait();
         }
     }
+}
+
+/// A log file for a process of this run, under `CHAOS_LOGS` (default: `bandvote-chaos` in the
+/// temporary folder).
+fn log_file(name: &str) -> anyhow::Result<std::fs::File> {
+    let dir = std::env::var_os("CHAOS_LOGS").map_or_else(|| std::env::temp_dir().join("bandvote-chaos"), PathBuf::from);
+    std::fs::create_dir_all(&dir)?;
+    Ok(std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?)
 }
 
 /// Creates the topics, retrying while the new broker cannot create them yet.

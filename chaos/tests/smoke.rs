@@ -1,17 +1,25 @@
-//! A short chaos run: every fault once at a lower rate, with the same exact reckoning as the full
-//! run (`dev/chaos`).
+//! A short chaos run (every fault, at a lower rate, with the same exact reckoning as `dev/chaos`)
+//! and a short overload run.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_short_chaos_run_loses_nothing_and_counts_nothing_twice() {
-    // The run starts ingest and the consumers as processes: build them in this profile.
+/// The runs start ingest and the consumers as processes: builds them in this profile and returns
+/// their folder.
+fn build_binaries() -> PathBuf {
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "-p", "bandvote-ingest", "-p", "bandvote-consumer"])
         .status()
         .expect("cargo runs");
     assert!(status.success(), "cannot build ingest and the consumer");
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_bandvote-chaos")).parent().expect("a folder").to_path_buf();
+    Path::new(env!("CARGO_BIN_EXE_bandvote-chaos")).parent().expect("a folder").to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_chaos_run_loses_nothing_and_counts_nothing_twice() {
+    let bin_dir = build_binaries();
     let report = bandvote_chaos::run(&bandvote_chaos::Config::smoke(bin_dir)).await.expect("the chaos run finishes");
     let text = report.markdown();
     println!("{text}");
@@ -19,4 +27,31 @@ async fn a_short_chaos_run_loses_nothing_and_counts_nothing_twice() {
     assert!(report.ledger.accepted.len() > 1000, "too little load to mean anything: {text}");
     assert!(report.ledger.refused > 0, "Kafka was down, yet no vote was refused: {text}");
     assert_eq!(report.recoveries.len(), 10, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_ends_in_clear_refusals_and_every_accepted_vote_counts() {
+    let bin_dir = build_binaries();
+    let config = bandvote_chaos::overload::OverloadConfig {
+        clients: 96,
+        phase: std::time::Duration::from_secs(3),
+        max_in_flight: 16,
+        batch: 200,
+        bin_dir: Some(bin_dir),
+        report: None,
+    };
+    let report = bandvote_chaos::overload::run(&config).await.expect("the overload run finishes");
+    let text = report.markdown();
+    println!("{text}");
+    assert!(report.passed(), "{text}");
+    let answers = |phase: usize, answer: &str| report.phases[phase].answers.get(answer).copied().unwrap_or(0);
+    assert!(answers(0, "200") > 0 && answers(0, "503 overloaded") > 0, "batches: some accepted, some shed: {text}");
+    assert!(answers(1, "503 overloaded") > 0, "single votes past the in-flight limit are shed: {text}");
+    // Ingest answers 413 as soon as it reads the Content-Length and closes the connection; a client
+    // still sending its megabyte may see the connection reset before it reads the answer.
+    let large = &report.phases[2].answers;
+    let closed = large.get("no answer (connection closed)").copied().unwrap_or(0);
+    assert!(large.keys().all(|a| a == "413 body_too_large" || a == "no answer (connection closed)"), "{text}");
+    assert!(answers(2, "413 body_too_large") > 9 * closed, "{text}");
+    assert!(answers(3, "429 rate_limited") > 0, "{text}");
 }

@@ -139,10 +139,13 @@ impl PrivateServer {
 }
 
 impl Drop for PrivateServer {
+    /// Kills the server and removes its folder; its log stays when `BANDVOTE_KEEP_LOGS` is set.
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(self.dir.with_extension("log"));
+        if std::env::var_os("BANDVOTE_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_file(self.dir.with_extension("log"));
+        }
     }
 }
 
