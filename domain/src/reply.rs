@@ -67,6 +67,12 @@ impl ErrorReply {
         ErrorReply::new(503, "unavailable", message)
     }
 
+    /// 405 `method_not_allowed`: `method` on a path that takes `takes` ("GET", or "POST with a JSON
+    /// vote"). The same words on every front.
+    pub fn method_not_allowed(method: &str, takes: &str) -> Self {
+        ErrorReply::new(405, "method_not_allowed", format!("{method} is not allowed here; this path takes {takes}"))
+    }
+
     /// The reply body: `{"error": {"code", "message", ...details}}`.
     pub fn body(&self) -> Value {
         let mut error = Map::new();

@@ -92,6 +92,7 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     let settings = Settings::from_env();
     let (parts, body) = request.into_parts();
     let native = Native::new(&settings);
+    let method = parts.method.to_string();
     let answer = match (endpoint(parts.uri.path()), parts.method) {
         (Some(Endpoint::Vote), Method::POST) => cast_one(&settings, &native, body).await,
         (Some(Endpoint::Batch), Method::POST) => cast_batch(&settings, &native, body).await,
@@ -100,10 +101,8 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             Ok(()) => json_response(200, &json!({"status": "ready"})),
             Err(reason) => json_response(503, &json!({"status": "unavailable", "reason": reason})),
         }),
-        (Some(Endpoint::Healthz | Endpoint::Readyz), _) => {
-            Err(ErrorReply::new(405, "method_not_allowed", "this path takes GET"))
-        }
-        (Some(_), _) => Err(ErrorReply::new(405, "method_not_allowed", "this path takes POST with a JSON vote")),
+        (Some(Endpoint::Healthz | Endpoint::Readyz), _) => Err(ErrorReply::method_not_allowed(&method, "GET")),
+        (Some(_), _) => Err(ErrorReply::method_not_allowed(&method, "POST with a JSON vote")),
         (None, _) => Err(ErrorReply::new(404, "not_found", "no such path; votes go to POST /wasm/votes")),
     };
     Ok(answer.unwrap_or_else(|refused| json_response(refused.status, &refused.body())))

@@ -208,11 +208,7 @@ impl Ingest {
                 } else {
                     "POST with a JSON vote"
                 };
-                ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    format!("{} does not take {method}; it takes {takes}", uri.path()),
-                )
+                ApiError(bandvote_domain::reply::ErrorReply::method_not_allowed(method.as_str(), takes))
             })
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(tower_http::trace::TraceLayer::new_for_http());

@@ -172,10 +172,9 @@ pub async fn admit_http(State(admission): State<Admission>, mut request: Request
     }
     // A body without a length may be as large as the body limit allows.
     let length = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    if let Some(length) = length.filter(|length| *length > admission.largest_body) {
-        let limit = admission.largest_body;
-        let message = format!("the body is {length} bytes; the limit is {limit} bytes (MAX_BODY_BYTES)");
-        return ApiError(ErrorReply::body_too_large(message)).into_response();
+    if length.is_some_and(|length| length > admission.largest_body) {
+        // The same words as a body found too large while reading it, on every front.
+        return ApiError(ErrorReply::body_too_large(bandvote_domain::reply::BODY_TOO_LARGE)).into_response();
     }
     let _admitted = match admission.admit(client, length.unwrap_or(admission.largest_body)) {
         Ok(permit) => permit,

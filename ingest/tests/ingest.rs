@@ -167,8 +167,8 @@ async fn each_bad_input_gets_its_clear_error_and_nothing_of_it_reaches_kafka() {
     let (status, reply) = ingest.post("/nowhere", &good).await;
     assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")));
     for (method, path, message) in [
-        (reqwest::Method::GET, "/votes", "/votes does not take GET; it takes POST with a JSON vote"),
-        (reqwest::Method::DELETE, "/healthz", "/healthz does not take DELETE; it takes GET"),
+        (reqwest::Method::GET, "/votes", "GET is not allowed here; this path takes POST with a JSON vote"),
+        (reqwest::Method::DELETE, "/healthz", "DELETE is not allowed here; this path takes GET"),
     ] {
         let response =
             ingest.client.request(method, format!("http://{}{path}", ingest.http)).send().await.expect("answers");
