@@ -83,11 +83,19 @@ impl Votes for VoteService {
     }
 
     async fn cast_batch(&self, request: Request<Streaming<v1::Vote>>) -> Result<Response<v1::CastBatchReply>, Status> {
-        // A stream's size is not known before it is read: count it as a full batch of small votes.
-        let _admitted = self.admit(&request, self.max_batch * 128)?;
+        // A stream's size is not known before it is read: it takes 1 KiB of the byte budget, then
+        // more as its messages arrive.
+        let mut admitted = self.admit(&request, 1024)?;
+        let (mut read, mut reserved) = (0, 1024);
         let mut stream = request.into_inner();
         let mut inputs = Vec::new();
         while let Some(vote) = stream.message().await? {
+            read += vote.encoded_len();
+            if read > reserved {
+                let more = (read - reserved).div_ceil(1024) * 1024;
+                admitted.grow(more).map_err(|refusal| refusal.status())?;
+                reserved += more;
+            }
             if inputs.len() == self.max_batch {
                 rejected(Route::Grpc, "too_large", inputs.len() + 1);
                 return Err(Status::resource_exhausted(format!("a batch may hold at most {} votes", self.max_batch)));

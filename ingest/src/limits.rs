@@ -136,7 +136,7 @@ impl Admission {
             .clone()
             .try_acquire_many_owned(kib)
             .map_err(|_| Refusal::Overloaded { what: "bytes of requests", limit: self.most_body_kib * 1024 })?;
-        Ok(Admitted { _request: request, _body: body })
+        Ok(Admitted { _request: request, body, budget: self.body_kib.clone(), limit: self.most_body_kib * 1024 })
     }
 
     /// The client a request comes from: the peer, or the first `X-Forwarded-For` hop when the peer
@@ -156,7 +156,23 @@ impl Admission {
 #[derive(Debug)]
 pub struct Admitted {
     _request: OwnedSemaphorePermit,
-    _body: OwnedSemaphorePermit,
+    body: OwnedSemaphorePermit,
+    budget: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Admitted {
+    /// Takes `bytes` more of the budget for a request that grows as it is read (a gRPC stream).
+    pub fn grow(&mut self, bytes: usize) -> Result<(), Refusal> {
+        let kib = bytes.div_ceil(1024).max(1) as u32;
+        let more = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| Refusal::Overloaded { what: "bytes of requests", limit: self.limit })?;
+        self.body.merge(more);
+        Ok(())
+    }
 }
 
 /// The client an HTTP request was admitted for, for handlers that pass it on (the gRPC front).
@@ -287,7 +303,8 @@ mod tests {
     #[test]
     fn in_flight_bytes_are_capped_and_one_large_request_still_fits() {
         let admission = Admission::new((100, 10 * 1024), None, false, Duration::from_secs(1));
-        let big = admission.admit(None, 6 * 1024).expect("6 KiB of 10");
+        let mut big = admission.admit(None, 4 * 1024).expect("4 KiB of 10");
+        big.grow(2 * 1024).expect("grows to 6 KiB");
         let refused = admission.admit(None, 5 * 1024).unwrap_err();
         assert_eq!(refused, Refusal::Overloaded { what: "bytes of requests", limit: 10 * 1024 });
         let _small = admission.admit(None, 3000).expect("3 KiB more fits");
