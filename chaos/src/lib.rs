@@ -106,6 +106,8 @@ pub struct Report {
     pub lost: u64,
     /// Log documents whose vote was never sent (must be none).
     pub unknown: u64,
+    /// Distinct vote ids in the log.
+    pub logged_distinct: u64,
     pub redis_differences: Vec<String>,
     pub log_differences: Vec<String>,
     pub kafka_differences: Vec<String>,
@@ -118,6 +120,7 @@ impl Report {
     pub fn passed(&self) -> bool {
         self.lost == 0
             && self.unknown == 0
+            && self.duplicates() == 0
             && self.ledger.unexpected.is_empty()
             && self.ledger.pending == 0
             && self.redis_differences.is_empty()
@@ -148,12 +151,7 @@ impl Report {
         let _ =
             writeln!(out, "| records in Kafka / distinct votes | {} / {} |", self.kafka_records, self.kafka_distinct);
         let _ = writeln!(out, "| **lost** (accepted, not logged) | **{}** |", self.lost);
-        let _ = writeln!(
-            out,
-            "| **duplicates** (logged or counted twice) | **{}** |",
-            self.log.total.saturating_sub(self.log_distinct())
-                + self.redis.total.saturating_sub(l.accepted.len() as u64)
-        );
+        let _ = writeln!(out, "| **duplicates** (logged or counted twice) | **{}** |", self.duplicates());
         let _ = writeln!(out, "| logged but never sent | {} |", self.unknown);
         let _ = writeln!(out, "| counted again by the rebuild after a Redis flush | {} |", self.rebuilt);
         let _ = writeln!(out, "\n| fault | recovered after | refused meanwhile |\n|---|---:|---:|");
@@ -176,10 +174,10 @@ impl Report {
         out
     }
 
-    fn log_distinct(&self) -> u64 {
-        // The log's `_id` is the vote id, so its documents are distinct by construction; the
-        // audit reads them all and would report a second copy as a difference.
-        self.log.total
+    /// Documents beyond the distinct vote ids in the log, plus votes counted beyond those accepted.
+    pub fn duplicates(&self) -> u64 {
+        self.log.total.saturating_sub(self.logged_distinct)
+            + self.redis.total.saturating_sub(self.ledger.accepted.len() as u64)
     }
 }
 
@@ -302,6 +300,7 @@ async fn reckon(
         log: audit.log.counts.clone(),
         lost,
         unknown,
+        logged_distinct: logged_ids.len() as u64,
         ..Report::default()
     };
     // Redis against the log again, second by second, as the audit command does.
