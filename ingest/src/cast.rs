@@ -33,15 +33,34 @@ pub enum BatchError {
     Partial { accepted: Vec<VoteId>, failed: Vec<(usize, VoteId)>, cause: PublishError },
 }
 
+/// The request header (gRPC metadata) that asks for a no-op cast, honoured only when the process
+/// runs with `NOOP_ROUTES=true`: the vote is checked, stamped and encoded as usual, then answered
+/// as accepted without going to Kafka. Benchmarks compare each route with its no-op self.
+pub const NOOP_HEADER: &str = "x-bandvote-noop";
+
+/// Where a cast vote goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Kafka,
+    /// Nowhere: see [`NOOP_HEADER`].
+    NoOp,
+}
+
 #[derive(Clone)]
 pub struct Caster {
     publisher: Publisher,
     roster: Option<Arc<Roster>>,
+    noop_allowed: bool,
 }
 
 impl Caster {
-    pub fn new(publisher: Publisher, roster: Option<Roster>) -> Self {
-        Caster { publisher, roster: roster.map(Arc::new) }
+    pub fn new(publisher: Publisher, roster: Option<Roster>, noop_allowed: bool) -> Self {
+        Caster { publisher, roster: roster.map(Arc::new), noop_allowed }
+    }
+
+    /// The delivery for a request that did (or did not) send [`NOOP_HEADER`].
+    pub fn delivery(&self, noop_asked: bool) -> Delivery {
+        if noop_asked && self.noop_allowed { Delivery::NoOp } else { Delivery::Kafka }
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -61,8 +80,12 @@ impl Caster {
     }
 
     /// Publishes one checked vote; returns its id once Kafka acknowledged it.
-    pub async fn cast(&self, route: Route, ballot: Ballot) -> Result<VoteId, CastError> {
+    pub async fn cast(&self, route: Route, ballot: Ballot, delivery: Delivery) -> Result<VoteId, CastError> {
         let event = stamp(route, ballot);
+        if delivery == Delivery::NoOp {
+            std::hint::black_box(event.encode());
+            return Ok(event.vote_id);
+        }
         match self.publisher.publish(&event).await {
             Ok(()) => {
                 accepted(route, 1);
@@ -76,7 +99,12 @@ impl Caster {
     }
 
     /// Checks every vote first; publishes them only if all are valid.
-    pub async fn cast_all(&self, route: Route, inputs: &[BallotInput]) -> Result<Vec<VoteId>, BatchError> {
+    pub async fn cast_all(
+        &self,
+        route: Route,
+        inputs: &[BallotInput],
+        delivery: Delivery,
+    ) -> Result<Vec<VoteId>, BatchError> {
         let mut ballots = Vec::with_capacity(inputs.len());
         let mut invalid = Vec::new();
         for (index, input) in inputs.iter().enumerate() {
@@ -89,6 +117,12 @@ impl Caster {
             return Err(BatchError::Invalid { total: inputs.len(), invalid });
         }
         let events: Vec<VoteEvent> = ballots.into_iter().map(|ballot| stamp(route, ballot)).collect();
+        if delivery == Delivery::NoOp {
+            for event in &events {
+                std::hint::black_box(event.encode());
+            }
+            return Ok(events.into_iter().map(|event| event.vote_id).collect());
+        }
         let results = self.publisher.publish_all(&events).await;
         let mut accepted_ids = Vec::with_capacity(events.len());
         let mut failed = Vec::new();

@@ -10,7 +10,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    cast::{BatchError, CastError, Caster, rejected},
+    cast::{BatchError, CastError, Caster, Delivery, NOOP_HEADER, rejected},
     limits::{Admission, Admitted},
 };
 
@@ -29,6 +29,10 @@ impl VoteService {
         VoteService { caster, max_batch, admission }
     }
 
+    fn delivery<T>(&self, request: &Request<T>) -> Delivery {
+        self.caster.delivery(request.metadata().contains_key(NOOP_HEADER))
+    }
+
     /// Admits a call of about `bytes` (see [`crate::limits`]); it holds its place until answered.
     fn admit<T>(&self, request: &Request<T>, bytes: usize) -> Result<Admitted, Status> {
         let peer = request.remote_addr().map(|addr| addr.ip());
@@ -36,9 +40,9 @@ impl VoteService {
         self.admission.admit(client, bytes).map_err(|refusal| refusal.status())
     }
 
-    async fn cast_one(&self, input: BallotInput) -> Result<String, Status> {
+    async fn cast_one(&self, input: BallotInput, delivery: Delivery) -> Result<String, Status> {
         let ballot = self.caster.check(Route::Grpc, &input).map_err(invalid)?;
-        let vote_id = self.caster.cast(Route::Grpc, ballot).await.map_err(status)?;
+        let vote_id = self.caster.cast(Route::Grpc, ballot, delivery).await.map_err(status)?;
         Ok(vote_id.to_string())
     }
 }
@@ -78,7 +82,8 @@ fn status(err: CastError) -> Status {
 impl Votes for VoteService {
     async fn cast(&self, request: Request<v1::Vote>) -> Result<Response<v1::CastReply>, Status> {
         let _admitted = self.admit(&request, request.get_ref().encoded_len())?;
-        let vote_id = self.cast_one(input(request.get_ref())).await?;
+        let delivery = self.delivery(&request);
+        let vote_id = self.cast_one(input(request.get_ref()), delivery).await?;
         Ok(Response::new(v1::CastReply { vote_id }))
     }
 
@@ -87,6 +92,7 @@ impl Votes for VoteService {
         // more as its messages arrive.
         let mut admitted = self.admit(&request, 1024)?;
         let (mut read, mut reserved) = (0, 1024);
+        let delivery = self.delivery(&request);
         let mut stream = request.into_inner();
         let mut inputs = Vec::new();
         while let Some(vote) = stream.message().await? {
@@ -105,7 +111,7 @@ impl Votes for VoteService {
         if inputs.is_empty() {
             return Err(Status::invalid_argument("the batch holds no votes"));
         }
-        match self.caster.cast_all(Route::Grpc, &inputs).await {
+        match self.caster.cast_all(Route::Grpc, &inputs, delivery).await {
             Ok(ids) => Ok(Response::new(v1::CastBatchReply {
                 accepted: ids.len() as u32,
                 vote_ids: ids.into_iter().map(|id| id.to_string()).collect(),
@@ -124,7 +130,9 @@ impl GetInfo for VoteService {
     ) -> Result<Response<confproto::ReplyInfo>, Status> {
         let _admitted = self.admit(&request, request.get_ref().encoded_len())?;
         let r = request.get_ref();
-        let vote_id = self.cast_one(BallotInput::from_proto(&r.name, &r.album, &r.year, &r.rank, "", "")).await?;
+        let delivery = self.delivery(&request);
+        let input = BallotInput::from_proto(&r.name, &r.album, &r.year, &r.rank, "", "");
+        let vote_id = self.cast_one(input, delivery).await?;
         Ok(Response::new(confproto::ReplyInfo { info: format!("vote accepted: {vote_id}") }))
     }
 }

@@ -11,7 +11,7 @@ use axum::{
     Router,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -19,7 +19,7 @@ use bandvote_domain::{Route, ballot::BallotInput, reply as bodies};
 use serde_json::Value;
 
 use crate::{
-    cast::{Caster, rejected},
+    cast::{Caster, NOOP_HEADER, rejected},
     reply::{self, ApiError},
 };
 
@@ -61,17 +61,26 @@ pub fn wasm_router(caster: Caster, limits: Limits) -> Router {
         .with_state(HttpRoute { caster, limits, route: Route::Wasm })
 }
 
-async fn cast_one(State(http): State<HttpRoute>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn cast_one(
+    State(http): State<HttpRoute>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let route = http.route;
     let value = read_json(route, body)?;
     let input = BallotInput::from_json(&value).inspect_err(|_| rejected(route, "invalid", 1))?;
     let ballot = http.caster.check(route, &input)?;
-    let vote_id = http.caster.cast(route, ballot).await?;
+    let delivery = http.caster.delivery(headers.contains_key(NOOP_HEADER));
+    let vote_id = http.caster.cast(route, ballot, delivery).await?;
     Ok(reply::accepted(&vote_id).into_response())
 }
 
 /// Takes a JSON array of votes, or `{"votes": [...]}`; all are checked before any is published.
-async fn cast_batch(State(http): State<HttpRoute>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn cast_batch(
+    State(http): State<HttpRoute>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let route = http.route;
     let value = read_json(route, body)?;
     let votes = bodies::batch_votes(value, usize::MAX).map_err(|refused| {
@@ -94,7 +103,8 @@ async fn cast_batch(State(http): State<HttpRoute>, body: Result<Bytes, BytesReje
         rejected(route, "invalid", not_objects.len());
         return Err(crate::cast::BatchError::Invalid { total: votes.len(), invalid: not_objects }.into());
     }
-    let vote_ids = http.caster.cast_all(route, &inputs).await?;
+    let delivery = http.caster.delivery(headers.contains_key(NOOP_HEADER));
+    let vote_ids = http.caster.cast_all(route, &inputs, delivery).await?;
     Ok(reply::accepted_all(&vote_ids).into_response())
 }
 
@@ -146,7 +156,7 @@ mod tests {
             create_topics: false,
         };
         let publisher = Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer");
-        router(Caster::new(publisher, None), Limits { max_body_bytes: 1024, max_batch: 10 })
+        router(Caster::new(publisher, None, false), Limits { max_body_bytes: 1024, max_batch: 10 })
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct Config {
     /// the ingress, or the `/grpc/insert` front).
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_forwarded_for: bool,
+    /// Honour the `x-bandvote-noop` header (gRPC metadata) on every vote path: check, stamp and
+    /// encode the vote, then answer without Kafka. For benchmarks only; never in production.
+    #[arg(long, env = "NOOP_ROUTES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub noop_routes: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -135,7 +139,7 @@ impl Ingest {
         }
         let publisher =
             Publisher::new(&config.kafka, config.produce_timeout).context("cannot create the Kafka producer")?;
-        let caster = Caster::new(publisher, roster);
+        let caster = Caster::new(publisher, roster, config.noop_routes);
         let http = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;

@@ -440,3 +440,35 @@ async fn past_its_in_flight_limit_ingest_refuses_at_once_and_slow_requests_time_
     assert_eq!(status, 200, "{reply}");
     assert_eq!(read_topic(&ingest.brokers, &ingest.topic).len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_noop_header_skips_kafka_only_when_noop_routes_are_on() {
+    let vote = json!({"name": BANDS[0].0, "album": BANDS[0].1[0], "year": "1990", "rank": "9"});
+    let (band, album) = (BANDS[1].0, BANDS[1].1[0]);
+    let proto =
+        Vote { name: band.into(), album: album.into(), year: "1990".into(), rank: "8".into(), ..Vote::default() };
+    let mut published = Vec::new();
+    for noop_routes in [true, false] {
+        let ingest = Ingest::start("noop", &[&format!("--noop-routes={noop_routes}")]).await;
+        for (path, body) in [("/votes", vote.clone()), ("/votes/batch", json!([vote.clone(), vote.clone()]))] {
+            let response = ingest
+                .client
+                .post(format!("http://{}{path}", ingest.http))
+                .header("x-bandvote-noop", "1")
+                .json(&body)
+                .send()
+                .await
+                .expect("ingest answers");
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+        }
+        let bad = ingest.client.post(format!("http://{}/votes", ingest.http)).header("x-bandvote-noop", "1");
+        let bad = bad.json(&json!({"name": "x"})).send().await.expect("ingest answers");
+        assert_eq!(bad.status().as_u16(), 400, "a no-op vote is still checked");
+        let mut grpc = VotesClient::new(ingest.channel().await);
+        let mut request = tonic::Request::new(proto.clone());
+        request.metadata_mut().insert("x-bandvote-noop", "1".parse().expect("ASCII"));
+        grpc.cast(request).await.expect("accepted");
+        published.push(read_topic(&ingest.brokers, &ingest.topic).len());
+    }
+    assert_eq!(published, [0, 4], "with NOOP_ROUTES on nothing reaches Kafka; off, the header is ignored");
+}
