@@ -44,13 +44,13 @@ pub struct Config {
     #[arg(long, default_value_t = 250)]
     pub rate: u32,
     /// Steady load before and between faults.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = bandvote_ops::config::parse_duration)]
     pub settle: Duration,
     /// How long the log store stays slow.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = bandvote_ops::config::parse_duration)]
     pub slow_for: Duration,
     /// Delay the slow log store adds to every chunk of bytes, each way.
-    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = bandvote_ops::config::parse_duration)]
     pub slow_delay: Duration,
     /// Folder of the bandvote-ingest and bandvote-consumer binaries (default: beside this one).
     #[arg(long)]
@@ -58,17 +58,6 @@ pub struct Config {
     /// Write the report (Markdown) here as well as to stdout.
     #[arg(long)]
     pub report: Option<PathBuf>,
-}
-
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 250ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{text:?} is not a duration like 10s or 250ms")),
-    }
 }
 
 impl Config {

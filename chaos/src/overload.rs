@@ -30,7 +30,7 @@ pub struct OverloadConfig {
     #[arg(long, default_value_t = 512)]
     pub clients: usize,
     /// Length of each phase.
-    #[arg(long, default_value = "20s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = bandvote_ops::config::parse_duration)]
     pub phase: Duration,
     /// Ingest's MAX_IN_FLIGHT for the run.
     #[arg(long, default_value_t = 128)]

@@ -173,13 +173,12 @@ impl Ingest {
         let http_addr = http.local_addr()?;
         let grpc_addr = grpc.as_ref().map(TcpListener::local_addr).transpose()?;
 
-        let mut admission = limits::Admission::new(
-            (config.max_in_flight, config.max_in_flight_bytes),
+        let admission = limits::Admission::new(
+            (config.max_in_flight, config.max_in_flight_bytes, config.max_body_bytes),
             Some((config.rate_limit_per_client, config.rate_limit_burst)),
             config.trust_forwarded_for,
             config.request_timeout,
         );
-        admission.largest_body = config.max_body_bytes;
         let mut router = Router::new();
         if config.routes.contains(&Serve::Http) {
             let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch_votes };

@@ -92,14 +92,14 @@ pub struct Admission {
     rate: Option<Arc<RateLimiter>>,
     trust_forwarded_for: bool,
     pub request_timeout: Duration,
-    /// `MAX_BODY_BYTES`: a larger Content-Length is refused before admission (413), and a body
-    /// without one is counted as this large.
-    pub largest_body: usize,
+    largest_body: usize,
 }
 
 impl Admission {
+    /// `largest_body` is `MAX_BODY_BYTES`: a larger Content-Length is refused before admission, and
+    /// a body without one is counted as this large.
     pub fn new(
-        (most_in_flight, most_bytes): (usize, usize),
+        (most_in_flight, most_bytes, largest_body): (usize, usize, usize),
         per_client: Option<(f64, f64)>,
         trust_forwarded_for: bool,
         request_timeout: Duration,
@@ -115,7 +115,7 @@ impl Admission {
                 .map(|(rate, burst)| Arc::new(RateLimiter::new(rate, burst))),
             trust_forwarded_for,
             request_timeout,
-            largest_body: most_bytes.min(256 * 1024),
+            largest_body,
         }
     }
 
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn in_flight_requests_are_capped_and_released() {
-        let admission = Admission::new((2, 1 << 20), None, false, Duration::from_secs(1));
+        let admission = Admission::new((2, 1 << 20, 1024), None, false, Duration::from_secs(1));
         let first = admission.admit(None, 100).expect("first");
         let _second = admission.admit(None, 100).expect("second");
         assert_eq!(admission.admit(None, 100).unwrap_err(), Refusal::Overloaded { what: "requests", limit: 2 });
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn in_flight_bytes_are_capped_and_one_large_request_still_fits() {
-        let admission = Admission::new((100, 10 * 1024), None, false, Duration::from_secs(1));
+        let admission = Admission::new((100, 10 * 1024, 1024), None, false, Duration::from_secs(1));
         let mut big = admission.admit(None, 4 * 1024).expect("4 KiB of 10");
         big.grow(2 * 1024).expect("grows to 6 KiB");
         let refused = admission.admit(None, 5 * 1024).unwrap_err();
@@ -319,8 +319,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7, 10.0.0.9"));
         let peer = Some(ip(9));
-        let trusting = Admission::new((1, 1024), None, true, Duration::from_secs(1));
-        let wary = Admission::new((1, 1024), None, false, Duration::from_secs(1));
+        let trusting = Admission::new((1, 1024, 1024), None, true, Duration::from_secs(1));
+        let wary = Admission::new((1, 1024, 1024), None, false, Duration::from_secs(1));
         assert_eq!(trusting.client(peer, &headers), Some(IpAddr::from([203, 0, 113, 7])));
         assert_eq!(wary.client(peer, &headers), peer);
     }
