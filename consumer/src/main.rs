@@ -1,5 +1,11 @@
 use clap::Parser;
 
+/// mimalloc instead of the system allocator: under load the Kafka client's threads and the
+/// runtime's workers allocate and free concurrently, where glibc's malloc spent about a third of
+/// ingest's CPU (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = bandvote_consumer::Config::parse();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bandvote_domain::VoteEvent;
 use bandvote_ops::config::KafkaArgs;
-use futures::future::join_all;
+use futures::{StreamExt as _, stream::FuturesUnordered};
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
@@ -34,6 +34,9 @@ pub struct Publisher {
     producer: FutureProducer,
     topic: String,
     timeout: Duration,
+    /// `bandvote_ingest_produce_latency_seconds` by result, looked up once.
+    latency_ok: metrics::Histogram,
+    latency_error: metrics::Histogram,
 }
 
 impl Publisher {
@@ -52,32 +55,62 @@ impl Publisher {
             .set("queue.buffering.max.kbytes", "65536")
             .set("reconnect.backoff.max.ms", "1000")
             .create()?;
-        Ok(Publisher { producer, topic: kafka.topic.clone(), timeout })
+        let latency =
+            |result: &'static str| metrics::histogram!("bandvote_ingest_produce_latency_seconds", "result" => result);
+        Ok(Publisher {
+            producer,
+            topic: kafka.topic.clone(),
+            timeout,
+            latency_ok: latency("ok"),
+            latency_error: latency("error"),
+        })
     }
 
     /// Publishes one vote and waits for Kafka's acknowledgement.
     pub async fn publish(&self, event: &VoteEvent) -> Result<(), PublishError> {
+        // librdkafka checks `message.timeout.ms` about once a second; the deadline keeps the
+        // answer within the configured bound itself.
+        tokio::select! {
+            biased;
+            result = self.send(event) => result,
+            () = tokio::time::sleep(self.timeout) => Err(PublishError::TimedOut(self.timeout)),
+        }
+    }
+
+    /// Publishes votes concurrently; the result for each vote is in the order given. The whole
+    /// batch shares one deadline (one timer for the batch, not one per vote).
+    pub async fn publish_all(&self, events: &[VoteEvent]) -> Vec<Result<(), PublishError>> {
+        let mut sends: FuturesUnordered<_> =
+            events.iter().enumerate().map(|(i, event)| async move { (i, self.send(event).await) }).collect();
+        let mut results: Vec<Option<Result<(), PublishError>>> = events.iter().map(|_| None).collect();
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                next = sends.next() => match next {
+                    Some((i, result)) => results[i] = Some(result),
+                    None => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+        results.into_iter().map(|result| result.unwrap_or(Err(PublishError::TimedOut(self.timeout)))).collect()
+    }
+
+    /// Gives one vote to the producer and waits for Kafka's answer, however long it takes.
+    async fn send(&self, event: &VoteEvent) -> Result<(), PublishError> {
         let started = Instant::now();
         let payload = event.encode();
         let record = FutureRecord::to(&self.topic).key(event.key()).payload(&payload);
-        // librdkafka checks `message.timeout.ms` about once a second; the outer timeout keeps the
-        // answer within the configured bound itself.
-        let delivery = self.producer.send(record, Timeout::After(QUEUE_WAIT));
-        let outcome = match tokio::time::timeout(self.timeout, delivery).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))) => Err(PublishError::QueueFull),
-            Ok(Err((err, _))) => Err(PublishError::Unavailable(err)),
-            Err(_) => Err(PublishError::TimedOut(self.timeout)),
+        let outcome = match self.producer.send(record, Timeout::After(QUEUE_WAIT)).await {
+            Ok(_) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
+            Err((err, _)) => Err(PublishError::Unavailable(err)),
         };
-        let result = if outcome.is_ok() { "ok" } else { "error" };
-        metrics::histogram!("bandvote_ingest_produce_latency_seconds", "result" => result)
-            .record(started.elapsed().as_secs_f64());
+        let latency = if outcome.is_ok() { &self.latency_ok } else { &self.latency_error };
+        latency.record(started.elapsed().as_secs_f64());
         outcome
-    }
-
-    /// Publishes votes concurrently; the result for each vote is in the order given.
-    pub async fn publish_all(&self, events: &[VoteEvent]) -> Vec<Result<(), PublishError>> {
-        join_all(events.iter().map(|event| self.publish(event))).await
     }
 
     /// Whether Kafka answers a metadata request for the votes topic right now.
