@@ -15,6 +15,8 @@ Settings (environment):
 - VOTES_PER_USER: each simulated user stops after this many votes (default 0: no limit), and a
   local run quits once every user is done: it ends with no request in flight, so its counts
   compare exactly with Redis.
+- WAIT_TIME: seconds each user waits between votes, `min,max` (default `0.05,0.2`); `0` sends as
+  fast as answers come back (to find Locust's own ceiling).
 
 Every request counts as a failure unless the reply says the vote was accepted, so after a run
 Locust's successes must equal what the consumer counted in Redis.
@@ -32,7 +34,7 @@ from urllib.parse import urlparse
 import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
-from locust import FastHttpUser, User, between, events, task
+from locust import FastHttpUser, User, between, constant, events, task
 from locust.runners import LocalRunner
 from locust.exception import StopUser
 
@@ -46,6 +48,20 @@ CANDIDATES = json.loads(Path(os.environ.get("VOTES_FILE", HERE / "votes.json")).
     os.environ.get("VOTE_SET", "roster")
 ]
 VOTES_PER_USER = int(os.environ.get("VOTES_PER_USER", "0"))
+
+
+def user_wait_time():
+    """The wait between a user's votes, from WAIT_TIME (`min,max` seconds, or one number)."""
+    setting = os.environ.get("WAIT_TIME", "0.05,0.2")
+    try:
+        bounds = [float(part) for part in setting.split(",")]
+    except ValueError:
+        raise SystemExit(f"WAIT_TIME must be seconds, `min,max` or one number, not {setting!r}") from None
+    if len(bounds) == 1:
+        return constant(bounds[0])
+    if len(bounds) == 2 and 0 <= bounds[0] <= bounds[1]:
+        return between(*bounds)
+    raise SystemExit(f"WAIT_TIME must be `min,max` with 0 <= min <= max, not {setting!r}")
 
 
 def next_vote(user: User) -> dict[str, str]:
@@ -90,7 +106,7 @@ def random_vote() -> dict[str, str]:
 
 class OriginalHttpUser(FastHttpUser):
     abstract = True
-    wait_time = between(0.05, 0.2)
+    wait_time = user_wait_time()
     path = "/"
 
     def post_vote(self):
@@ -134,7 +150,7 @@ class WasmUser(OriginalHttpUser):
 class GrpcUser(User):
     """Native gRPC: one channel per simulated user, unary Cast per vote."""
 
-    wait_time = between(0.05, 0.2)
+    wait_time = user_wait_time()
     name = "bandvote.v1.Votes/Cast"
 
     def on_start(self):

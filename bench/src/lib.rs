@@ -15,8 +15,14 @@
 //! steps by `--max-steps`, and all requests together by `--max-requests`.
 
 pub mod capacity;
+pub mod chart;
+pub mod e2e;
 pub mod open_loop;
+pub mod peers;
 pub mod report;
+pub mod suite;
+pub mod suite_report;
+pub mod system;
 pub mod target;
 
 use std::{cell::Cell, path::PathBuf, time::Duration};
@@ -60,6 +66,13 @@ pub struct Config {
     /// Ingest's gRPC port.
     #[arg(long, env = "BENCH_GRPC", default_value = "http://127.0.0.1:50051")]
     pub grpc: String,
+    /// The Wasm front (`wasmtime serve`), for `wasm-vote`.
+    #[arg(long, env = "BENCH_WASM", default_value = "http://127.0.0.1:8081")]
+    pub wasm: String,
+    /// Send the `x-bandvote-noop` header: an ingest started with `NOOP_ROUTES=true` then checks,
+    /// stamps and encodes each vote and answers without Kafka.
+    #[arg(long)]
+    pub noop: bool,
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Phase::Run)]
     pub phase: Phase,
@@ -187,6 +200,9 @@ impl Bench<'_> {
         Endpoints {
             http: self.config.http.clone(),
             grpc: self.config.grpc.clone(),
+            wasm: self.config.wasm.clone(),
+            noop: self.config.noop,
+            trace: None,
             batch: self.config.batch,
             grpc_connections: self.config.grpc_connections,
             timeout: self.config.timeout,

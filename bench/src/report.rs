@@ -38,6 +38,12 @@ pub struct Step {
     pub max_ms: Option<f64>,
     /// Seconds from the first due time to the last answer.
     pub elapsed_s: f64,
+    /// CPU time of the serving processes per accepted vote, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_vote: Option<f64>,
+    /// CPU time of the generator per successful request, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_cpu_us_per_request: Option<f64>,
 }
 
 impl Step {
@@ -64,6 +70,8 @@ impl Step {
             p999_ms: at(0.999),
             max_ms: (!histogram.is_empty()).then(|| histogram.max() as f64 / 1000.0),
             elapsed_s: measured.elapsed.as_secs_f64(),
+            server_cpu_us_per_vote: None,
+            generator_cpu_us_per_request: None,
         }
     }
 

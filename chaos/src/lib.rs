@@ -28,7 +28,10 @@ use anyhow::{Context as _, ensure};
 use bandvote_consumer::audit::{self, AuditConfig, Counts};
 use clap::Parser;
 
-pub use crate::{load::Ledger, stack::Stack};
+pub use crate::{
+    load::Ledger,
+    stack::{Layout, Stack},
+};
 
 /// Longest wait for a stage to catch up after a fault; past it the run fails.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(300);
@@ -362,7 +365,7 @@ impl Fault {
         self.mark().await;
         let ids = &load.recent_ids();
         wait_until(fault, RECOVERY_LIMIT, || async {
-            match stack.logged_of(ids).await {
+            match stack.logged_of(ids, Duration::from_secs(20)).await {
                 Ok(logged) if logged == ids.len() => Ok(()),
                 Ok(logged) => Err(format!("{logged} of the latest {} logged", ids.len())),
                 Err(why) => Err(why),

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use bandvote_testkit::vote;
 use serde_json::{Value, json};
 
-use crate::stack::Stack;
+use crate::stack::{Layout, Stack};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -144,10 +144,14 @@ pub async fn run(config: &OverloadConfig) -> anyhow::Result<OverloadReport> {
         Some(dir) => dir.clone(),
         None => std::env::current_exe()?.parent().context("the binary has a folder")?.to_path_buf(),
     };
-    let max_in_flight = format!("--max-in-flight={}", config.max_in_flight);
-    let ingest_args =
-        [max_in_flight.as_str(), "--rate-limit-per-client=200", "--rate-limit-burst=200", "--trust-forwarded-for=true"];
-    let stack = Stack::start_with(&bin_dir, &ingest_args).await?;
+    let ingest_args = [
+        format!("--max-in-flight={}", config.max_in_flight),
+        "--rate-limit-per-client=200".into(),
+        "--rate-limit-burst=200".into(),
+        "--trust-forwarded-for=true".into(),
+    ];
+    let layout = Layout { ingest_args: ingest_args.into(), ..Layout::default() };
+    let stack = Stack::start_with(&bin_dir, &layout).await?;
     let pid = stack.ingest_pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut report = OverloadReport {

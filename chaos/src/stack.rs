@@ -23,7 +23,32 @@ pub struct Stack {
     bin_dir: PathBuf,
     ingest: Child,
     consumers: Vec<Option<Child>>,
+    /// Each consumer replica's metrics port.
+    consumer_ports: Vec<u16>,
+    /// Where the consumers log: the proxy, or MongoDB itself.
+    log_address: String,
     log: mongodb::Collection<Document>,
+    logs: PathBuf,
+}
+
+/// How the stack is laid out.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// More ingest arguments (limits for the overload run, the no-op routes for benchmarks).
+    pub ingest_args: Vec<String>,
+    /// Consumer replicas started with the stack.
+    pub consumers: usize,
+    /// Whether the consumers reach MongoDB through the slow proxy (or directly).
+    pub log_through_proxy: bool,
+    /// Folder of the processes' logs (default: `CHAOS_LOGS`, else `bandvote-chaos` in the
+    /// temporary folder).
+    pub logs: Option<PathBuf>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout { ingest_args: Vec::new(), consumers: 2, log_through_proxy: true, logs: None }
+    }
 }
 
 impl Stack {
@@ -33,11 +58,10 @@ impl Stack {
     const GROUP: &'static str = "chaos-consumers";
 
     pub async fn start(bin_dir: &Path) -> anyhow::Result<Self> {
-        Self::start_with(bin_dir, &[]).await
+        Self::start_with(bin_dir, &Layout::default()).await
     }
 
-    /// Starts the stack with more ingest arguments (limits, for the overload run).
-    pub async fn start_with(bin_dir: &Path, ingest_args: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start_with(bin_dir: &Path, layout: &Layout) -> anyhow::Result<Self> {
         for binary in ["bandvote-ingest", "bandvote-consumer"] {
             anyhow::ensure!(
                 bin_dir.join(binary).is_file(),
@@ -53,6 +77,9 @@ impl Stack {
         create_topics(&kafka.url()).await?;
 
         let (http_port, grpc_port) = (free_port(), free_port());
+        let logs = layout.logs.clone().unwrap_or_else(|| {
+            std::env::var_os("CHAOS_LOGS").map_or_else(|| std::env::temp_dir().join("bandvote-chaos"), PathBuf::from)
+        });
         let ingest = Command::new(bin_dir.join("bandvote-ingest"))
             .args([
                 format!("--port={http_port}"),
@@ -61,10 +88,10 @@ impl Stack {
                 format!("--kafka-topic={}", Self::TOPIC),
                 "--kafka-produce-timeout=2s".into(),
             ])
-            .args(ingest_args)
+            .args(&layout.ingest_args)
             .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(log_file("ingest")?)
-            .stderr(log_file("ingest")?)
+            .stdout(log_file(&logs, "ingest")?)
+            .stderr(log_file(&logs, "ingest")?)
             .spawn()
             .context("bandvote-ingest does not start")?;
         let log = mongodb::Client::with_uri_str(format!("{}?serverSelectionTimeoutMS=2000", mongo.url()))
@@ -81,36 +108,44 @@ impl Stack {
             bin_dir: bin_dir.to_path_buf(),
             ingest,
             consumers: Vec::new(),
+            consumer_ports: Vec::new(),
+            log_address: String::new(),
             log,
+            logs,
         };
+        stack.log_address = if layout.log_through_proxy { stack.proxy.addr.to_string() } else { stack.mongo.address() };
         let ready = format!("{}/readyz", stack.http_url);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
             anyhow::ensure!(Instant::now() < deadline, "ingest was not ready within 60 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        stack.spawn_consumer(0)?;
-        stack.spawn_consumer(1)?;
+        for i in 0..layout.consumers {
+            stack.spawn_consumer(i)?;
+        }
         Ok(stack)
     }
 
     /// Starts consumer replica `i` (again).
     pub fn spawn_consumer(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.consumer_ports.len() <= i {
+            self.consumer_ports.resize_with(i + 1, free_port);
+        }
         let child = Command::new(self.bin_dir.join("bandvote-consumer"))
             .args([
-                "--port=0".to_owned(),
+                format!("--port={}", self.consumer_ports[i]),
                 "--kafka-session-timeout=6s".into(),
                 format!("--kafka-brokers={}", self.kafka.url()),
                 format!("--kafka-topic={}", Self::TOPIC),
                 format!("--kafka-group={}", Self::GROUP),
                 format!("--redis-url={}", self.redis.url()),
                 format!("--redis-key-prefix={}", Self::PREFIX),
-                format!("--mongodb-uri=mongodb://{}/?directConnection=true", self.proxy.addr),
+                format!("--mongodb-uri=mongodb://{}/?directConnection=true", self.log_address),
                 format!("--mongodb-database={}", Self::DATABASE),
             ])
             .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(log_file(&format!("consumer-{i}"))?)
-            .stderr(log_file(&format!("consumer-{i}"))?)
+            .stdout(log_file(&self.logs, &format!("consumer-{i}"))?)
+            .stderr(log_file(&self.logs, &format!("consumer-{i}"))?)
             .spawn()
             .context("bandvote-consumer does not start")?;
         if self.consumers.len() <= i {
@@ -146,6 +181,19 @@ impl Stack {
         self.ingest.id()
     }
 
+    /// The running consumer replicas' process ids.
+    pub fn consumer_pids(&self) -> Vec<u32> {
+        self.consumers.iter().flatten().map(Child::id).collect()
+    }
+
+    /// The running consumer replicas' metrics URLs.
+    pub fn consumer_metrics_urls(&self) -> Vec<String> {
+        (self.consumers.iter().zip(&self.consumer_ports))
+            .filter(|(child, _)| child.is_some())
+            .map(|(_, port)| format!("http://127.0.0.1:{port}/metrics"))
+            .collect()
+    }
+
     pub fn keys(&self) -> RedisKeys {
         RedisKeys::new(Self::PREFIX)
     }
@@ -171,9 +219,9 @@ impl Stack {
         tokio::time::timeout(Duration::from_secs(60), count).await.ok().and_then(Result::ok).unwrap_or(0)
     }
 
-    /// How many of `ids` are logged, or why MongoDB did not say. One lookup per id: FerretDB on
-    /// SQLite finds by `_id` equality in about a millisecond but scans for `$in`.
-    pub async fn logged_of(&self, ids: &[String]) -> Result<usize, String> {
+    /// How many of `ids` are logged, or why MongoDB did not say within `limit`. One lookup per id:
+    /// FerretDB on SQLite finds by `_id` equality but scans for `$in`.
+    pub async fn logged_of(&self, ids: &[String], limit: Duration) -> Result<usize, String> {
         let find = async {
             let mut found = 0;
             for id in ids {
@@ -182,7 +230,7 @@ impl Stack {
             }
             Ok(found)
         };
-        tokio::time::timeout(Duration::from_secs(20), find).await.map_err(|_| "no answer within 20 s".to_owned())?
+        tokio::time::timeout(limit, find).await.map_err(|_| format!("no answer within {limit:?}"))?
     }
 
     pub async fn logged_ids(&self) -> anyhow::Result<HashSet<String>> {
@@ -213,11 +261,9 @@ impl Drop for Stack {
     }
 }
 
-/// A log file for a process of this run, under `CHAOS_LOGS` (default: `bandvote-chaos` in the
-/// temporary folder).
-fn log_file(name: &str) -> anyhow::Result<std::fs::File> {
-    let dir = std::env::var_os("CHAOS_LOGS").map_or_else(|| std::env::temp_dir().join("bandvote-chaos"), PathBuf::from);
-    std::fs::create_dir_all(&dir)?;
+/// A log file for a process of this run, in `dir`.
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
     Ok(std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?)
 }
 
