@@ -9,7 +9,7 @@
 //!    times, each with a new backlog.
 //! 2. **End to end**: with the consumer running, traced single votes (`POST /votes`, each with its
 //!    own id) step up until the time from acceptance to the count being visible in Redis passes the
-//!    bound; then 25/50/75% of that rate; then the sustained run at 90% of it, after which every
+//!    bound; then 25/50/75% of that rate; then the sustained run at 70% of it, after which every
 //!    count must be exact.
 //! 3. **Ingest**: the consumer stops (the votes wait in Kafka); every route is measured with Kafka
 //!    and through the no-op header (the same server and route without Kafka), `rounds` times, the
@@ -182,8 +182,8 @@ impl Plan {
                 rounds: 3,
                 step: secs(3),
                 pause: secs(1),
-                factor: 1.1,
-                latency_step: secs(5),
+                factor: 1.15,
+                latency_step: secs(4),
                 p99_bound: Duration::from_millis(100),
                 batch: 100,
                 backlog: 1_000_000,
@@ -646,6 +646,9 @@ fn median(values: &mut [f64]) -> Option<f64> {
 
 /// Traced votes per second in an end-to-end step (every n-th vote, whatever the rate).
 const TRACED_PER_S: f64 = 250.0;
+/// Share of the end-to-end capacity (found with short steps) that the sustained run offers: at
+/// 90% a one-minute run fell behind on two cores, the log store being the slowest stage.
+const SUSTAINED_SHARE: f64 = 0.7;
 /// Traced ids looked up in MongoDB at the end (one find by `_id` each).
 const SAMPLED_IDS: usize = 8;
 
@@ -945,7 +948,7 @@ impl Suite<'_> {
             report.e2e.push(step);
         }
         eprintln!("bench: sustained run, {:.0} s", self.plan.sustain.as_secs_f64());
-        let sustained = self.e2e_step(capacity * 0.9, self.plan.sustain, "sustained", &mut samples).await?;
+        let sustained = self.e2e_step(capacity * SUSTAINED_SHARE, self.plan.sustain, "sustained", &mut samples).await?;
         report.sustained = Some(sustained);
 
         // Everything accepted must be counted once and logged once.
