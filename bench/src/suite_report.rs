@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 use crate::{
     chart::{self, Bar, BarGroup, Series},
     peers::PeerRun,
-    suite::{EndToEnd, SuiteReport},
+    suite::{EndToEnd, Search, SuiteReport},
 };
 
 /// Median, lowest and highest of some values.
@@ -66,25 +66,20 @@ fn check(passed: bool) -> &'static str {
 impl SuiteReport {
     /// Votes per second of a variant's capacity over the rounds (round 0, the estimate, left out).
     pub fn capacity(&self, variant: &str) -> Option<Spread> {
-        Spread::of(self.searches.iter().filter(|s| s.round > 0 && s.variant == variant).filter_map(|s| s.votes_per_s))
+        self.over_rounds(variant, |search| search.votes_per_s)
     }
 
     fn server_cpu(&self, variant: &str) -> Option<Spread> {
-        Spread::of(
-            self.searches
-                .iter()
-                .filter(|s| s.round > 0 && s.variant == variant)
-                .filter_map(|s| s.server_cpu_us_per_vote),
-        )
+        self.over_rounds(variant, |search| search.server_cpu_us_per_vote)
     }
 
     fn generator_cpu(&self, variant: &str) -> Option<Spread> {
-        Spread::of(
-            self.searches
-                .iter()
-                .filter(|s| s.round > 0 && s.variant == variant)
-                .filter_map(|s| s.generator_cpu_us_per_request),
-        )
+        self.over_rounds(variant, |search| search.generator_cpu_us_per_request)
+    }
+
+    /// One number of a variant's searches, over the rounds (round 0, the estimate, left out).
+    fn over_rounds(&self, variant: &str, pick: fn(&Search) -> Option<f64>) -> Option<Spread> {
+        Spread::of(self.searches.iter().filter(|s| s.round > 0 && s.variant == variant).filter_map(pick))
     }
 
     pub fn peer(&self, name: &str) -> Option<Spread> {
