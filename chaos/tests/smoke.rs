@@ -1,20 +1,10 @@
 //! A short chaos run (every fault, at a lower rate, with the same exact reckoning as `dev/chaos`)
 //! and a short overload run.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
-/// The runs start ingest and the consumers as processes: builds them in this profile and returns
-/// their folder.
 fn build_binaries() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "bandvote-ingest", "-p", "bandvote-consumer"])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cannot build ingest and the consumer");
-    Path::new(env!("CARGO_BIN_EXE_bandvote-chaos")).parent().expect("a folder").to_path_buf()
+    bandvote_testkit::build_service_binaries(Path::new(env!("CARGO_BIN_EXE_bandvote-chaos")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -259,6 +259,19 @@ pub fn vote(n: usize) -> (&'static str, &'static str, &'static str, &'static str
     (band, album, "1997", ranks[n % ranks.len()])
 }
 
+/// Builds `bandvote-ingest` and `bandvote-consumer` in the running test's profile (the runs that
+/// start them as processes need them) and returns their folder: the folder of `bin`, a binary of
+/// the same build (`env!("CARGO_BIN_EXE_...")`).
+pub fn build_service_binaries(bin: &Path) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", "bandvote-ingest", "-p", "bandvote-consumer"])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "cannot build ingest and the consumer");
+    bin.parent().expect("a folder").to_path_buf()
+}
+
 /// The Wasm route's component, built by `dev/build-wasm` (which `dev/test` runs) into the same
 /// target folder as the running test. Panics, saying how to build it, when it is missing.
 pub fn wasm_component() -> PathBuf {

@@ -1,19 +1,12 @@
 //! The suite's smoke profile: every phase runs against real private servers and the counts are
 //! exact at the end.
 
-use std::{path::Path, process::Command};
+use std::path::{Path, PathBuf};
 
 use bandvote_bench::suite::{Profile, SuiteConfig, run};
 
-/// The suite starts ingest and the consumer as processes: builds them in this profile and returns
-/// their folder.
-fn build_binaries() -> std::path::PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "bandvote-ingest", "-p", "bandvote-consumer"])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cannot build ingest and the consumer");
-    Path::new(env!("CARGO_BIN_EXE_bandvote-bench-suite")).parent().expect("a folder").to_path_buf()
+fn build_binaries() -> PathBuf {
+    bandvote_testkit::build_service_binaries(Path::new(env!("CARGO_BIN_EXE_bandvote-bench-suite")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
