@@ -15,9 +15,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use bandvote_consumer::log_store::LogStore;
+use bandvote_consumer::log_store::{self, LogStore, LoggedVote};
 use bandvote_domain::{Ballot, MongoNames, Route, VoteEvent, ballot::BallotInput};
-use mongodb::bson::{DateTime, doc};
+use mongodb::bson::DateTime;
 use rdkafka::{
     ClientConfig, ClientContext, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -178,20 +178,11 @@ pub async fn insert_many(uri: &str, database: &str, run: &str, count: u64, batch
     let names = MongoNames { database: database.to_owned(), collection: format!("bench_insert_{run}") };
     let store = LogStore::connect(uri, &names).await?;
     store.ensure_indexes().await?;
+    let logged_at = DateTime::now();
     let documents: Vec<_> = (0..count)
         .map(|n| {
-            let event = event(run, n);
-            doc! {
-                "_id": event.vote_id.as_str(),
-                "name": &event.ballot.band,
-                "album": &event.ballot.album,
-                "year": event.ballot.year.get(),
-                "rank": event.ballot.rank.get(),
-                "route": event.route.as_str(),
-                "received_at": DateTime::from_millis(event.received_at_ms),
-                "kafka": { "partition": (n % 6) as i32, "offset": (n / 6) as i64 },
-                "logged_at": DateTime::now(),
-            }
+            let vote = LoggedVote { event: event(run, n), partition: (n % 6) as i32, offset: (n / 6) as i64 };
+            log_store::document(&vote, logged_at)
         })
         .collect();
     let started = Instant::now();

@@ -39,6 +39,7 @@ use crate::{
     e2e,
     open_loop::{self, Schedule},
     peers::{self, PeerRun},
+    suite_report::Spread,
     system::{self, CpuMeter, Memory},
     target::{Endpoints, Sender, Trace},
 };
@@ -391,6 +392,8 @@ struct Suite<'a> {
     /// Votes accepted into the votes topic so far.
     accepted: u64,
     redis: redis::aio::MultiplexedConnection,
+    /// For the consumers' metrics.
+    http: reqwest::Client,
 }
 
 /// A Redis connection that waits as long as a loaded two-core machine may take to answer.
@@ -452,7 +455,7 @@ pub async fn run(config: &SuiteConfig) -> anyhow::Result<SuiteReport> {
         None
     };
     let redis = redis_connection(&stack.redis.url()).await?;
-    let mut suite = Suite { config, plan, stack, wasm, accepted: 0, redis };
+    let mut suite = Suite { config, plan, stack, wasm, accepted: 0, redis, http: reqwest::Client::new() };
     if suite.wasm.is_none() {
         suite.plan.targets.retain(|&target| target != Target::WasmVote);
         report.plan.targets = suite.plan.targets.clone();
@@ -518,7 +521,7 @@ impl Suite<'_> {
     async fn logged(&self) -> u64 {
         let mut total = 0;
         for url in self.stack.consumer_metrics_urls() {
-            let text = match reqwest::get(&url).await {
+            let text = match self.http.get(&url).send().await {
                 Ok(answer) => answer.text().await.unwrap_or_default(),
                 Err(_) => continue,
             };
@@ -632,16 +635,6 @@ fn machine() -> String {
         .and_then(|m| m.lines().next()?.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     format!("{model}, {cores} cores, {memory:.0} GiB")
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
 }
 
 /// Traced votes per second in an end-to-end step (every n-th vote, whatever the rate).
@@ -781,13 +774,9 @@ impl Suite<'_> {
             self.peer_round(round, peer_topic, &estimates, report).await;
         }
         for variant in variants {
-            let mut capacities: Vec<f64> = report
-                .searches
-                .iter()
-                .filter(|s| s.round > 0 && s.variant == variant.name())
-                .filter_map(|s| s.capacity_per_s)
-                .collect();
-            let Some(capacity) = median(&mut capacities) else { continue };
+            let capacities = report.searches.iter().filter(|s| s.round > 0 && s.variant == variant.name());
+            let Some(capacity) = Spread::of(capacities.filter_map(|s| s.capacity_per_s)) else { continue };
+            let capacity = capacity.median;
             let sender = Sender::new(variant.target, &self.endpoints(variant.noop, None))?;
             for fraction in crate::LATENCY_FRACTIONS {
                 let mut step =

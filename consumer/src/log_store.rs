@@ -93,7 +93,8 @@ impl LogStore {
     }
 }
 
-fn document(vote: &LoggedVote, logged_at: DateTime) -> Document {
+/// The log document of a vote, as [`LogStore::insert`] writes it.
+pub fn document(vote: &LoggedVote, logged_at: DateTime) -> Document {
     let event = &vote.event;
     let ballot = &event.ballot;
     let mut document = doc! {
