@@ -5,6 +5,7 @@
 //! group, Redis key prefix and MongoDB database. A test whose service is not running fails with a
 //! message that says how to start it; none is skipped.
 
+pub mod cluster;
 pub mod servers;
 
 use std::{
