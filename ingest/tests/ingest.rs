@@ -10,6 +10,8 @@ use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+mod cluster;
+
 struct Ingest {
     http: SocketAddr,
     grpc: SocketAddr,
