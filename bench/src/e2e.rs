@@ -1,21 +1,23 @@
 //! End to end: from a vote's acceptance (its answer arriving at the client) to its count being
 //! visible in Redis.
 //!
-//! The consumer's script marks each counted vote id (`<prefix>:seen:<id>`) in the same atomic step
-//! that updates the counters, so a vote's marker appears exactly when its count does. Traced votes
-//! (see [`crate::target::Trace`]) report their ids when accepted; [`watch`] looks their markers up
-//! with one `MGET` per round, every [`POLL`], and records the time from acceptance to the round
-//! that found each one. The poll interval bounds the error (it adds up to one interval).
+//! The consumer's script adds each counted vote id's digest to its partition's re-send set in the
+//! same atomic step that updates the counters, so a vote's digest appears exactly when its count
+//! does. Traced votes (see [`crate::target::Trace`]) report their ids when accepted; [`watch`] looks
+//! their digests up in every partition's set of the current generation (one `SMISMEMBER` per
+//! partition and generation, pipelined) every [`POLL`], and records the time from acceptance to
+//! the round that found each one. The poll interval bounds the error (it adds up to one interval).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use bandvote_domain::{RedisKeys, ResendWindow};
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Pause between two lookups of the waiting markers.
 pub const POLL: Duration = Duration::from_millis(2);
-/// Most markers looked up in one round (the oldest first).
-const ROUND: usize = 2000;
+/// Most votes looked up in one round (the oldest first).
+const ROUND: usize = 500;
 /// How long markers are awaited after the last vote was accepted.
 const LINGER: Duration = Duration::from_secs(60);
 
@@ -39,11 +41,41 @@ impl Visible {
     }
 }
 
-/// Watches the markers of the accepted votes sent to `accepted` until the channel closes and every
-/// vote was seen (or [`LINGER`] passed).
+/// Where the counted votes' digests are: the consumer's keys, topic, partitions and re-send window.
+#[derive(Debug, Clone)]
+pub struct Counted {
+    pub keys: RedisKeys,
+    pub topic: String,
+    pub partitions: i32,
+    pub window: ResendWindow,
+}
+
+impl Counted {
+    /// Finds which of `ids` are counted: every partition's set of the generations around now.
+    async fn find(&self, redis: &mut redis::aio::MultiplexedConnection, ids: &[&str]) -> anyhow::Result<Vec<bool>> {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
+        let mut generations = vec![self.window.generation_of(now - 1000), self.window.generation_of(now + 1000)];
+        generations.dedup();
+        let members: Vec<[u8; 16]> = ids.iter().map(|id| RedisKeys::resend_member(id)).collect();
+        let mut pipe = redis::pipe();
+        for partition in 0..self.partitions {
+            for &generation in &generations {
+                let command = pipe.cmd("SMISMEMBER").arg(self.keys.resend(&self.topic, partition, generation));
+                for member in &members {
+                    command.arg(&member[..]);
+                }
+            }
+        }
+        let found: Vec<Vec<bool>> = pipe.query_async(redis).await?;
+        Ok((0..ids.len()).map(|i| found.iter().any(|set| set[i])).collect())
+    }
+}
+
+/// Watches for the accepted votes sent to `accepted` to be counted, until the channel closes and
+/// every vote was seen (or [`LINGER`] passed).
 pub async fn watch(
     redis: &mut redis::aio::MultiplexedConnection,
-    seen_prefix: &str,
+    counted: &Counted,
     mut accepted: UnboundedReceiver<(String, Instant)>,
 ) -> anyhow::Result<Visible> {
     let mut latency = Histogram::new_with_bounds(1, 3_600_000_000, 3)?;
@@ -69,12 +101,12 @@ pub async fn watch(
         }
         if !waiting.is_empty() {
             let round = waiting.len().min(ROUND);
-            let keys: Vec<String> = waiting[..round].iter().map(|(id, _)| format!("{seen_prefix}{id}")).collect();
-            let found: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(redis).await?;
+            let ids: Vec<&str> = waiting[..round].iter().map(|(id, _)| id.as_str()).collect();
+            let found = counted.find(redis, &ids).await?;
             let now = Instant::now();
             let mut index = 0;
             waiting.retain(|(id, accepted_at)| {
-                let seen = index < round && found[index].is_some();
+                let seen = index < round && found[index];
                 index += 1;
                 if seen {
                     let micros = now.duration_since(*accepted_at).as_micros() as u64;

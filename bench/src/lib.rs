@@ -16,6 +16,7 @@
 
 pub mod capacity;
 pub mod chart;
+pub mod counting;
 pub mod e2e;
 pub mod open_loop;
 pub mod peers;

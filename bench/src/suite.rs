@@ -860,8 +860,13 @@ impl Suite<'_> {
         let every = (rate / TRACED_PER_S).ceil().max(1.0) as u64;
         let sender = Sender::new(Target::HttpVote, &self.endpoints(false, Some(Trace { run, every, accepted })))?;
         let mut redis = self.redis.clone();
-        let seen_prefix = self.stack.keys().seen_prefix();
-        let watcher = tokio::spawn(async move { e2e::watch(&mut redis, &seen_prefix, watched).await });
+        let counted = e2e::Counted {
+            keys: self.stack.keys(),
+            topic: Stack::TOPIC.to_owned(),
+            partitions: Stack::PARTITIONS,
+            window: bandvote_domain::ResendWindow::new(Stack::RESEND_WINDOW_MS),
+        };
+        let watcher = tokio::spawn(async move { e2e::watch(&mut redis, &counted, watched).await });
         let ingest = CpuMeter::start(&[self.stack.ingest_pid()])?;
         let consumer = CpuMeter::start(&self.stack.consumer_pids())?;
         let schedule = Schedule {

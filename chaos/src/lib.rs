@@ -103,8 +103,8 @@ pub struct Report {
     pub redis_differences: Vec<String>,
     pub log_differences: Vec<String>,
     pub kafka_differences: Vec<String>,
-    /// Votes the rebuild counted after Redis was flushed.
-    pub rebuilt: u64,
+    /// Votes the rebuild added after Redis was flushed.
+    pub rebuilt: i64,
     pub rebuild_differences: Vec<String>,
 }
 
@@ -119,7 +119,7 @@ impl Report {
             && self.log_differences.is_empty()
             && self.kafka_differences.is_empty()
             && self.rebuild_differences.is_empty()
-            && self.rebuilt == self.ledger.accepted.len() as u64
+            && self.rebuilt == self.ledger.accepted.len() as i64
     }
 
     pub fn markdown(&self) -> String {
@@ -267,6 +267,7 @@ async fn reckon(
         "--replay-kafka".into(),
         format!("--kafka-brokers={}", stack.kafka.url()),
         format!("--kafka-topic={}", Stack::TOPIC),
+        format!("--kafka-group={}", Stack::GROUP),
         format!("--redis-url={}", stack.redis.url()),
         format!("--redis-key-prefix={}", Stack::PREFIX),
         format!("--mongodb-uri={}", stack.mongo.url()),
@@ -306,7 +307,7 @@ async fn reckon(
     rebuild_config.rebuild = true;
     rebuild_config.replay_kafka = false;
     let rebuilt = audit::run(&rebuild_config).await?;
-    report.rebuilt = rebuilt.rebuilt.unwrap_or(0);
+    report.rebuilt = rebuilt.rebuilt.map_or(0, |r| r.votes);
     report.rebuild_differences = describe(audit.redis.differences(&rebuilt.redis));
     report.ledger = ledger;
     report.elapsed = started.elapsed();

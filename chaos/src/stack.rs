@@ -55,7 +55,11 @@ impl Stack {
     pub const TOPIC: &'static str = "votes";
     pub const PREFIX: &'static str = "chaos";
     pub const DATABASE: &'static str = "chaos";
-    const GROUP: &'static str = "chaos-consumers";
+    pub const GROUP: &'static str = "chaos-consumers";
+    /// Partitions of the votes topic.
+    pub const PARTITIONS: i32 = 6;
+    /// The consumers' re-send window, in milliseconds.
+    pub const RESEND_WINDOW_MS: i64 = 24 * 3_600_000;
 
     pub async fn start(bin_dir: &Path) -> anyhow::Result<Self> {
         Self::start_with(bin_dir, &Layout::default()).await
@@ -138,6 +142,7 @@ impl Stack {
                 format!("--kafka-brokers={}", self.kafka.url()),
                 format!("--kafka-topic={}", Self::TOPIC),
                 format!("--kafka-group={}", Self::GROUP),
+                format!("--resend-window={}ms", Self::RESEND_WINDOW_MS),
                 format!("--redis-url={}", self.redis.url()),
                 format!("--redis-key-prefix={}", Self::PREFIX),
                 format!("--mongodb-uri=mongodb://{}/?directConnection=true", self.log_address),
@@ -272,7 +277,7 @@ async fn create_topics(brokers: &str) -> anyhow::Result<()> {
     let kafka = bandvote_ops::config::KafkaArgs {
         brokers: brokers.to_owned(),
         topic: Stack::TOPIC.to_owned(),
-        partitions: 6,
+        partitions: Stack::PARTITIONS,
         replication_factor: 1,
         create_topics: true,
     };

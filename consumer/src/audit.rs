@@ -1,10 +1,6 @@
 //! The audit: recount every vote from the MongoDB log (and, while Kafka still holds them, from the
-//! topic) and compare with the live tallies in Redis; rebuild Redis from the log after it lost data.
-//!
-//! Rebuilding replays the logged votes through the consumer's own counting script
-//! ([`Tally::apply`]). The script counts only the votes whose "already counted" marker is missing,
-//! so a rebuild adds exactly what Redis lost, adds nothing when Redis lost nothing, and is safe
-//! while consumers are running.
+//! topic) and compare with the live tallies in Redis; rebuild Redis from the log after it lost data
+//! ([`crate::rebuild`]).
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -25,10 +21,11 @@ use rdkafka::{
 };
 use redis::aio::ConnectionManager;
 
-use crate::{log_store::LogStore, tally::Tally};
-
-/// How many logged votes one rebuild step sends through the counting script.
-const REBUILD_BATCH: usize = 500;
+use crate::{
+    log_store::{LogStore, LoggedVote},
+    rebuild::{RebuildSettings, Rebuilt},
+    tally::Tally,
+};
 
 /// Vote counts, keyed the way the Redis hashes are.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -125,18 +122,41 @@ pub struct LogReader {
 impl LogReader {
     pub async fn open(log: &LogStore) -> mongodb::error::Result<Self> {
         let projection =
-            doc! {"name": 1, "album": 1, "year": 1, "rank": 1, "voter_id": 1, "route": 1, "received_at": 1};
+            doc! {"name": 1, "album": 1, "year": 1, "rank": 1, "voter_id": 1, "route": 1, "received_at": 1, "kafka": 1};
         let cursor = log.votes().find(doc! {}).projection(projection).batch_size(5000).await?;
         Ok(LogReader { cursor })
     }
 
     /// The next logged vote, or the `_id` of a document that is not a valid vote and why.
     pub async fn next(&mut self) -> mongodb::error::Result<Option<Result<VoteEvent, (String, String)>>> {
-        Ok(self
-            .cursor
-            .try_next()
-            .await?
-            .map(|document| event_from_document(&document).map_err(|why| (id_of(&document), why))))
+        Ok(self.next_logged().await?.map(|vote| vote.map(|v| v.event)))
+    }
+
+    /// The next logged vote with the Kafka record it was read from.
+    pub async fn next_logged(&mut self) -> mongodb::error::Result<Option<Result<LoggedVote, (String, String)>>> {
+        Ok(self.cursor.try_next().await?.map(|document| {
+            let kafka = document.get_document("kafka").ok();
+            let position = |field: &str| kafka.and_then(|k| k.get(field)).and_then(Bson::as_i64_or_i32);
+            let event = event_from_document(&document).map_err(|why| (id_of(&document), why))?;
+            match (position("partition"), position("offset")) {
+                (Some(partition), Some(offset)) => Ok(LoggedVote { event, partition: partition as i32, offset }),
+                _ => Err((id_of(&document), "kafka.partition or kafka.offset is missing".to_owned())),
+            }
+        }))
+    }
+}
+
+trait AsInteger {
+    fn as_i64_or_i32(&self) -> Option<i64>;
+}
+
+impl AsInteger for Bson {
+    fn as_i64_or_i32(&self) -> Option<i64> {
+        match self {
+            Bson::Int32(n) => Some(i64::from(*n)),
+            Bson::Int64(n) => Some(*n),
+            _ => None,
+        }
     }
 }
 
@@ -191,17 +211,27 @@ pub fn event_from_document(document: &Document) -> Result<VoteEvent, String> {
 
 /// Reads the tallies from Redis in one transaction, so they are from one moment.
 pub async fn count_redis(redis: &ConnectionManager, keys: &RedisKeys) -> redis::RedisResult<Counts> {
-    type Hash = BTreeMap<String, String>;
-    let (total, bands, albums, routes, sums, seconds): (Option<u64>, Hash, Hash, Hash, Hash, Hash) = redis::pipe()
-        .atomic()
-        .get(keys.total())
+    let mut pipe = redis::pipe();
+    tally_reads(pipe.atomic(), keys);
+    let replies: Vec<redis::Value> = pipe.query_async(&mut redis.clone()).await?;
+    tallies_from(replies)
+}
+
+/// Adds the reads of every tally to `pipe`, for [`tallies_from`].
+pub(crate) fn tally_reads(pipe: &mut redis::Pipeline, keys: &RedisKeys) {
+    pipe.get(keys.total())
         .hgetall(keys.by_band())
         .hgetall(keys.by_album())
         .hgetall(keys.by_route())
         .hgetall(keys.rank_sum())
-        .hgetall(keys.per_second())
-        .query_async(&mut redis.clone())
-        .await?;
+        .hgetall(keys.per_second());
+}
+
+/// The tallies from the replies to [`tally_reads`].
+pub(crate) fn tallies_from(replies: Vec<redis::Value>) -> redis::RedisResult<Counts> {
+    type Hash = BTreeMap<String, String>;
+    let (total, bands, albums, routes, sums, seconds): (Option<u64>, Hash, Hash, Hash, Hash, Hash) =
+        redis::from_redis_value(redis::Value::Array(replies))?;
     let whole = |hash: Hash| hash.into_iter().map(|(k, v)| (k, v.parse().unwrap_or(u64::MAX))).collect();
     Ok(Counts {
         total: total.unwrap_or(0),
@@ -305,29 +335,6 @@ pub fn replay_kafka(kafka: &KafkaArgs, within: Duration) -> anyhow::Result<Kafka
     Ok(replay)
 }
 
-/// Replays the vote log into Redis through the counting script; returns how many votes were
-/// counted anew (those Redis had lost). Documents that are not valid votes are skipped (the audit
-/// lists them).
-pub async fn rebuild(log: &LogStore, tally: &Tally) -> anyhow::Result<u64> {
-    let mut reader = LogReader::open(log).await?;
-    let mut batch = Vec::with_capacity(REBUILD_BATCH);
-    let mut counted = 0;
-    loop {
-        let next = reader.next().await?;
-        let done = next.is_none();
-        if let Some(Ok(event)) = next {
-            batch.push(event);
-        }
-        if batch.len() == REBUILD_BATCH || (done && !batch.is_empty()) {
-            counted += tally.apply(batch.iter(), &[]).await?.counted;
-            batch.clear();
-        }
-        if done {
-            return Ok(counted);
-        }
-    }
-}
-
 /// The `bandvote-audit` command.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -344,13 +351,17 @@ pub struct AuditConfig {
     /// Longest time the Kafka replay may take.
     #[arg(long, default_value = "300s", value_parser = bandvote_ops::config::parse_duration)]
     pub replay_timeout: Duration,
-    /// First count in Redis every logged vote it is missing (through the consumer's counting script),
-    /// then audit.
+    /// First make the Redis tallies equal to the log for every record Redis counted (restoring what
+    /// it lost, at any age, and nothing when it lost nothing), then audit. Safe while consumers run.
     #[arg(long)]
     pub rebuild: bool,
-    /// How long a rebuilt vote's "already counted" marker lasts; the consumers' DEDUP_WINDOW.
-    #[arg(long, env = "DEDUP_WINDOW", default_value = "168h", value_parser = bandvote_ops::config::parse_duration)]
-    pub dedup_window: Duration,
+    /// The consumers' group: the rebuild waits until it has committed (and so logged) everything Redis
+    /// counted.
+    #[arg(long = "kafka-group", env = "KAFKA_GROUP", default_value = "bandvote-consumer")]
+    pub group: String,
+    /// Longest time the rebuild waits for the log to hold everything Redis counted.
+    #[arg(long, default_value = "60s", value_parser = bandvote_ops::config::parse_duration)]
+    pub log_wait: Duration,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -368,8 +379,8 @@ pub struct Report {
     pub redis_differences: Vec<Difference>,
     pub kafka: Option<KafkaReplay>,
     pub kafka_differences: Vec<Difference>,
-    /// Votes the rebuild counted anew.
-    pub rebuilt: Option<u64>,
+    /// What the rebuild changed.
+    pub rebuilt: Option<Rebuilt>,
 }
 
 impl Report {
@@ -382,8 +393,8 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let counts = &self.log.counts;
-        if let Some(rebuilt) = self.rebuilt {
-            writeln!(f, "rebuild: counted {rebuilt} logged votes that Redis was missing")?;
+        if let Some(rebuilt) = &self.rebuilt {
+            writeln!(f, "{rebuilt}")?;
         }
         writeln!(
             f,
@@ -432,7 +443,8 @@ fn write_differences(f: &mut fmt::Formatter<'_>, what: &str, found: &[Difference
 pub async fn run(config: &AuditConfig) -> anyhow::Result<Report> {
     use anyhow::Context as _;
     let keys = RedisKeys::new(&config.redis.key_prefix);
-    let tally = Tally::connect(&config.redis.url, keys.clone(), config.dedup_window)
+    // The re-send window does not matter here: the rebuild writes tallies and positions only.
+    let tally = Tally::connect(&config.redis.url, keys.clone(), &config.kafka.topic, Duration::from_secs(1))
         .await
         .with_context(|| format!("cannot connect to Redis at {}", config.redis.url))?;
     let log = LogStore::connect(&config.mongo.uri, &bandvote_domain::MongoNames::new(&config.mongo.database))
@@ -440,7 +452,10 @@ pub async fn run(config: &AuditConfig) -> anyhow::Result<Report> {
         .context("MONGODB_URI is not a valid MongoDB connection string")?;
     let mut report = Report::default();
     if config.rebuild {
-        report.rebuilt = Some(rebuild(&log, &tally).await.context("cannot rebuild the tallies")?);
+        let settings =
+            RebuildSettings { kafka: config.kafka.clone(), group: config.group.clone(), log_wait: config.log_wait };
+        let rebuilt = crate::rebuild::rebuild(&settings, &log, &tally).await.context("cannot rebuild the tallies")?;
+        report.rebuilt = Some(rebuilt);
     }
     report.log = count_log(&log).await.context("cannot read the vote log")?;
     report.redis = count_redis(tally.connection(), &keys).await.context("cannot read the tallies")?;

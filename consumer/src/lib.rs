@@ -5,7 +5,8 @@
 //! * [`tally`]: the Redis counters, one atomic script per batch.
 //! * [`log_store`]: the MongoDB vote log, one document per vote.
 //! * [`dead_letter`]: where records that are not votes go.
-//! * [`audit`]: recounts the log (and the topic) against Redis, and rebuilds Redis from the log.
+//! * [`audit`]: recounts the log (and the topic) against Redis.
+//! * [`rebuild`]: makes Redis equal to the log again after it lost counts.
 //!
 //! Any number of replicas share one consumer group; scaling them, killing them or replaying the
 //! topic changes no count.
@@ -14,6 +15,7 @@ pub mod audit;
 pub mod dead_letter;
 pub mod log_store;
 pub mod pipeline;
+pub mod rebuild;
 pub mod tally;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -59,9 +61,11 @@ pub struct Config {
     /// Batches the MongoDB log may run behind the Redis tallies.
     #[arg(long, env = "LOG_QUEUE_BATCHES", default_value_t = 64)]
     pub log_queue_batches: usize,
-    /// How long a vote id is remembered to count a re-sent vote once.
-    #[arg(long, env = "DEDUP_WINDOW", default_value = "168h", value_parser = parse_duration)]
-    pub dedup_window: Duration,
+    /// How long a vote id is remembered, so that a client re-sending the vote (same `vote_id`) within
+    /// this time counts once. Costs Redis memory for every vote of the window (docs/RELIABILITY.md);
+    /// redelivered Kafka records count once at any age, whatever this is.
+    #[arg(long, env = "RESEND_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub resend_window: Duration,
     /// How long the log store may take to catch up after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -87,7 +91,8 @@ impl ConsumerService {
         if let Err(err) = bandvote_ops::topics::ensure(&config.kafka).await {
             tracing::warn!(error = %err, "cannot make sure the topics exist yet");
         }
-        let tally = Tally::connect(&config.redis.url, RedisKeys::new(&config.redis.key_prefix), config.dedup_window)
+        let keys = RedisKeys::new(&config.redis.key_prefix);
+        let tally = Tally::connect(&config.redis.url, keys, &config.kafka.topic, config.resend_window)
             .await
             .with_context(|| format!("cannot connect to Redis at {}", config.redis.url))?;
         let log = LogStore::connect(&config.mongo.uri, &MongoNames::new(&config.mongo.database))
@@ -115,7 +120,7 @@ impl ConsumerService {
             .set("heartbeat.interval.ms", (config.session_timeout.as_millis() / 3).max(100).to_string())
             .set("fetch.wait.max.ms", "50")
             .set("statistics.interval.ms", "5000")
-            .create_with_context(Context)
+            .create_with_context(Context::default())
             .context("cannot create the Kafka consumer")?;
         let pipeline = Pipeline {
             consumer: Arc::new(consumer),

@@ -6,18 +6,26 @@
 //! ```
 //!
 //! Invariants:
+//! * Each partition's counting position lives in Redis and moves in the same atomic step as the
+//!   tallies ([`Tally::apply`]), so a record delivered again counts nothing. When Redis says it is
+//!   behind what the consumer read (it lost its last writes), the consumer seeks the partition back
+//!   to Redis's position and counts the lost records again; Kafka's committed offsets only say
+//!   where to start reading, never what was counted.
 //! * Offsets are stored (and so committed) only after a record was counted in Redis and logged in
-//!   MongoDB, so every record is processed at least once; both stores are idempotent by vote id,
-//!   so every vote is counted and logged exactly once.
+//!   MongoDB, so every record reaches the log at least once; the log is idempotent by vote id,
+//!   so every vote is logged exactly once.
 //! * The MongoDB log runs behind the tallies through a bounded queue: a slow log store does not hold
 //!   back the live counts until the queue (`LOG_QUEUE_BATCHES`) is full.
 //! * A failing store is retried with backoff, never skipped; a record that is not a vote event is
 //!   sent to the dead-letter topic and never stops the loop.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     future::Future,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -34,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     dead_letter::DeadLetters,
     log_store::{LogStore, LoggedVote},
-    tally::Tally,
+    tally::{Applied, Origin, PartitionBatch, Tally},
 };
 
 /// One Kafka record, copied out of the consumer's buffers.
@@ -52,8 +60,12 @@ struct LogBatch {
     next_offsets: BTreeMap<i32, i64>,
 }
 
-/// Logs rebalances and publishes consumer lag from librdkafka's statistics.
-pub struct Context;
+/// Logs rebalances, publishes consumer lag from librdkafka's statistics and the number of assigned
+/// partitions, and tells the counting loop that its assignment changed.
+#[derive(Default)]
+pub struct Context {
+    rebalanced: AtomicBool,
+}
 
 impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
@@ -82,8 +94,11 @@ impl ConsumerContext for Context {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        tracing::info!(rebalance = ?describe(rebalance), "rebalance done");
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalanced.store(true, Ordering::Release);
+        let assigned = consumer.assignment().map_or(0, |tpl| tpl.count());
+        metrics::gauge!("bandvote_consumer_assigned_partitions").set(assigned as f64);
+        tracing::info!(rebalance = ?describe(rebalance), assigned, "rebalance done");
     }
 }
 
@@ -129,6 +144,7 @@ impl Pipeline {
             writer_stop.clone(),
         ));
 
+        let mut resume = HashMap::new();
         loop {
             let records = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -137,7 +153,12 @@ impl Pipeline {
             if records.is_empty() {
                 continue;
             }
-            let Some(batch) = self.count(records, &shutdown).await else { break };
+            // A partition assigned anew is read from its committed offset, not from a seek made
+            // before the rebalance.
+            if self.consumer.context().rebalanced.swap(false, Ordering::AcqRel) {
+                resume.clear();
+            }
+            let Some(batch) = self.count(records, &mut resume, &shutdown).await else { break };
             if queue.send(batch).await.is_err() {
                 tracing::error!("the log writer stopped; stopping");
                 break;
@@ -164,40 +185,220 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Decodes a batch, sends what is not a vote to the dead-letter topic and counts the rest.
-    /// Returns `None` if shutdown came while a store was failing.
-    async fn count(&self, records: Vec<Record>, shutdown: &CancellationToken) -> Option<LogBatch> {
+    /// Decodes a batch, sends what is not a vote to the dead-letter topic and counts the rest, one
+    /// atomic step per partition. A partition whose records Redis cannot count as they are (it is
+    /// behind them, or has no position) is sought back and left out of the batch. Returns `None` if
+    /// shutdown came while a store was failing.
+    async fn count(
+        &self,
+        records: Vec<Record>,
+        resume: &mut HashMap<i32, Resume>,
+        shutdown: &CancellationToken,
+    ) -> Option<LogBatch> {
         metrics::histogram!("bandvote_consumer_batch_size").record(records.len() as f64);
-        let mut next_offsets = BTreeMap::new();
-        let mut votes = Vec::with_capacity(records.len());
-        let mut dead = Vec::new();
+        metrics::counter!("bandvote_consumer_records_received_total").increment(records.len() as u64);
+        let mut partitions: BTreeMap<i32, Received> = BTreeMap::new();
         for record in records {
-            next_offsets.insert(record.partition, record.offset + 1);
+            let received = partitions.entry(record.partition).or_insert_with(|| Received::new(record.offset));
+            received.next = record.offset + 1;
             match VoteEvent::decode(record.payload.as_deref()) {
-                Ok(event) => votes.push(LoggedVote { event, partition: record.partition, offset: record.offset }),
+                Ok(event) => {
+                    received.votes.push(LoggedVote { event, partition: record.partition, offset: record.offset })
+                }
                 Err(err) => {
                     let reason = err.to_string();
                     tracing::warn!(partition = record.partition, offset = record.offset, %reason, "record is not a vote; dead-lettering it");
                     retry("dead-letter topic", shutdown, || self.dead_letters.send(&self.topic, &record, &reason))
                         .await?;
-                    dead.push(format!("{}:{}:{}", self.topic, record.partition, record.offset));
+                    received.dead_letters.push(record.offset);
                 }
             }
         }
+        let mut batches: Vec<PartitionBatch<'_>> = Vec::with_capacity(partitions.len());
+        for (&partition, received) in &partitions {
+            let origin = self.origin(partition, received.first, resume.remove(&partition)).await;
+            batches.push(PartitionBatch {
+                partition,
+                origin,
+                votes: received.votes.iter().map(|v| (v.offset, &v.event)).collect(),
+                dead_letters: received.dead_letters.clone(),
+            });
+        }
         let started = Instant::now();
-        let applied = retry("redis", shutdown, || self.tally.apply(votes.iter().map(|v| &v.event), &dead)).await?;
+        let mut applied = futures::future::join_all(
+            batches.iter().map(|batch| retry("redis", shutdown, move || self.tally.apply(batch))),
+        )
+        .await;
+        // A partition Redis has never counted, read from its first record (a new deployment, or a
+        // Redis that lost everything), is counted from there at once.
+        for (batch, applied) in batches.iter_mut().zip(applied.iter_mut()) {
+            if *applied == Some(Applied::NoPosition) {
+                let first_held = self.first_held(batch.partition).await;
+                if first_held > 0 {
+                    tracing::warn!(
+                        partition = batch.partition,
+                        first_held,
+                        "Redis holds no counting position for a partition whose older records are no longer in \
+                         Kafka: if Redis lost their counts, `bandvote-audit --rebuild` restores them from the log"
+                    );
+                }
+                if batch.origin.offset() == first_held {
+                    tracing::info!(partition = batch.partition, "counting the partition from its first record");
+                    batch.origin = Origin::Start(first_held);
+                    *applied = retry("redis", shutdown, || self.tally.apply(batch)).await;
+                }
+            }
+        }
         metrics::histogram!("bandvote_consumer_redis_write_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("bandvote_consumer_votes_counted_total").increment(applied.counted);
-        metrics::counter!("bandvote_consumer_votes_duplicate_total").increment(applied.duplicates);
-        metrics::counter!("bandvote_consumer_dead_letters_total").increment(applied.dead_letters);
-        tracing::debug!(
-            votes = votes.len(),
-            counted = applied.counted,
-            duplicates = applied.duplicates,
-            "batch counted"
-        );
-        Some(LogBatch { votes, next_offsets })
+        drop(batches);
+
+        let mut batch = LogBatch { votes: Vec::new(), next_offsets: BTreeMap::new() };
+        let mut logged = HashSet::new();
+        for ((partition, received), applied) in partitions.into_iter().zip(applied) {
+            match applied? {
+                Applied::Counted(counted) => {
+                    metrics::counter!("bandvote_consumer_votes_counted_total").increment(counted.counted);
+                    metrics::counter!("bandvote_consumer_votes_duplicate_total").increment(counted.repeated);
+                    metrics::counter!("bandvote_consumer_records_redelivered_total").increment(counted.redelivered);
+                    metrics::counter!("bandvote_consumer_dead_letters_total").increment(counted.dead_letters);
+                    if let Some(window) = counted.window {
+                        metrics::gauge!("bandvote_consumer_resend_window_seconds", "partition" => partition.to_string())
+                            .set(window.as_secs_f64());
+                    }
+                    tracing::debug!(
+                        partition,
+                        counted = counted.counted,
+                        repeated = counted.repeated,
+                        redelivered = counted.redelivered,
+                        next = counted.next,
+                        "partition batch counted"
+                    );
+                    // Copies of one vote in one batch are logged once, the first (counted) one.
+                    batch.votes.extend(received.votes.into_iter().filter(|v| logged.insert(v.event.vote_id.clone())));
+                    batch.next_offsets.insert(partition, received.next);
+                }
+                Applied::Behind { position } => {
+                    metrics::counter!("bandvote_consumer_position_seeks_total", "reason" => "redis_behind")
+                        .increment(1);
+                    tracing::warn!(
+                        partition,
+                        position,
+                        read_from = received.first,
+                        "Redis has counted this partition only up to an earlier offset; reading it again from there"
+                    );
+                    if self.seek(partition, position).await {
+                        resume.insert(partition, Resume::Sought(position));
+                    }
+                }
+                Applied::NoPosition => {
+                    metrics::counter!("bandvote_consumer_position_seeks_total", "reason" => "no_position").increment(1);
+                    let first_held = self.first_held(partition).await;
+                    tracing::info!(
+                        partition,
+                        first_held,
+                        "no counting position yet; reading the partition from its first record"
+                    );
+                    if self.seek(partition, first_held).await {
+                        resume.insert(partition, Resume::Start(first_held));
+                    }
+                }
+            }
+        }
+        Some(batch)
     }
+
+    /// Where the records of `partition` in this batch were read from, given the first one's offset
+    /// and the seek made for the partition (if any) before.
+    async fn origin(&self, partition: i32, first: i64, resume: Option<Resume>) -> Origin {
+        match resume {
+            Some(Resume::Start(start)) if first >= start => Origin::Start(first),
+            Some(Resume::Sought(sought)) if first == sought => Origin::At(sought),
+            Some(Resume::Sought(sought)) if first > sought => {
+                // Kafka has nothing between the offset sought and the first record it gave.
+                let held = self.first_held(partition).await;
+                if held > sought {
+                    let lost = first.min(held) - sought;
+                    metrics::counter!("bandvote_consumer_uncounted_records_total").increment(lost as u64);
+                    tracing::error!(
+                        partition,
+                        from = sought,
+                        to = first.min(held),
+                        "records Redis had not counted were deleted from Kafka (retention) before they could be \
+                         counted again; `bandvote-audit --rebuild` counts them from the log"
+                    );
+                } else {
+                    tracing::warn!(
+                        partition,
+                        sought,
+                        first,
+                        "Kafka has no records between the offset sought and this one"
+                    );
+                }
+                Origin::At(sought)
+            }
+            // Anything else is a read position reset since the seek (by a rebalance).
+            _ => Origin::At(first),
+        }
+    }
+
+    /// Moves the read position of `partition` to `offset`; false if the partition is no longer
+    /// assigned here (its next owner reads it from the committed offset and checks again).
+    async fn seek(&self, partition: i32, offset: i64) -> bool {
+        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        let sought = tokio::task::spawn_blocking(move || {
+            consumer.seek(&topic, partition, rdkafka::Offset::Offset(offset), Duration::from_secs(10))
+        })
+        .await;
+        match sought {
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
+                tracing::warn!(partition, offset, error = %err, "cannot seek the partition (no longer assigned?)");
+                false
+            }
+            Err(err) => {
+                tracing::warn!(partition, offset, error = %err, "the seek did not finish");
+                false
+            }
+        }
+    }
+
+    /// The offset of the first record Kafka still holds in `partition` (0 if it cannot say).
+    async fn first_held(&self, partition: i32) -> i64 {
+        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        let watermarks =
+            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)))
+                .await;
+        match watermarks {
+            Ok(Ok((low, _))) => low,
+            other => {
+                tracing::warn!(partition, outcome = ?other.map(|r| r.err()), "cannot read the partition's first held offset");
+                0
+            }
+        }
+    }
+}
+
+/// The records of one partition in a batch, decoded.
+struct Received {
+    first: i64,
+    next: i64,
+    votes: Vec<LoggedVote>,
+    dead_letters: Vec<i64>,
+}
+
+impl Received {
+    fn new(first: i64) -> Self {
+        Received { first, next: first, votes: Vec::new(), dead_letters: Vec::new() }
+    }
+}
+
+/// Where a partition is read from after the counting loop moved it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// Sought to Redis's position.
+    Sought(i64),
+    /// Sought to the first record Kafka holds (Redis had no position).
+    Start(i64),
 }
 
 /// Waits for the first record, then takes what arrives within `max_wait`, up to `max_votes`.

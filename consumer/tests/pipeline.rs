@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 mod audit;
+mod counting;
+mod faults;
 mod wasm_route;
 
 /// One test's isolated pipeline: its own topic, group, Redis prefix and MongoDB database, with
@@ -69,8 +71,13 @@ impl Pipeline {
 
     /// The consumer's arguments for this pipeline.
     fn consumer_args(&self) -> Vec<String> {
+        self.consumer_args_on(0)
+    }
+
+    /// The consumer's arguments for this pipeline, serving its metrics on `port`.
+    fn consumer_args_on(&self, port: u16) -> Vec<String> {
         [
-            "--port=0",
+            &format!("--port={port}"),
             "--kafka-session-timeout=6s",
             &format!("--kafka-brokers={}", self.services.kafka_brokers),
             &format!("--kafka-topic={}", self.topic),
@@ -86,7 +93,14 @@ impl Pipeline {
 
     /// Runs a consumer in this process until it is stopped.
     async fn consume_in_process(&self) -> InProcess {
-        let args = std::iter::once("bandvote-consumer".to_owned()).chain(self.consumer_args());
+        self.consume_in_process_with(&[]).await
+    }
+
+    /// Runs a consumer with more arguments in this process until it is stopped.
+    async fn consume_in_process_with(&self, extra: &[&str]) -> InProcess {
+        let args = std::iter::once("bandvote-consumer".to_owned())
+            .chain(self.consumer_args())
+            .chain(extra.iter().map(|arg| (*arg).to_owned()));
         let config = bandvote_consumer::Config::parse_from(args);
         let service = bandvote_consumer::ConsumerService::build(config).await.expect("consumer starts");
         let stop = CancellationToken::new();
@@ -97,8 +111,14 @@ impl Pipeline {
 
     /// Starts a consumer as a separate process.
     fn spawn_consumer(&self) -> Replica {
+        self.spawn_consumer_on(0, &[])
+    }
+
+    /// Starts a consumer as a separate process that serves its metrics on `port`.
+    fn spawn_consumer_on(&self, port: u16, extra: &[&str]) -> Replica {
         let child = Command::new(env!("CARGO_BIN_EXE_bandvote-consumer"))
-            .args(self.consumer_args())
+            .args(self.consumer_args_on(port))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -134,6 +154,11 @@ impl Pipeline {
             }
         })
         .await
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.services.redis_url.as_str()).expect("Redis URL");
+        client.get_multiplexed_async_connection().await.expect("Redis answers")
     }
 
     async fn vote_log(&self) -> VoteLog {
@@ -226,6 +251,22 @@ impl Expected {
 
     fn total(&self) -> u64 {
         self.ids.len() as u64
+    }
+
+    /// Adds the votes of `other`, accepted too.
+    fn extend(&mut self, other: Expected) {
+        for id in other.ids {
+            assert!(self.ids.insert(id.clone()), "ingest gave two votes the id {id}");
+        }
+        for (map, more) in [
+            (&mut self.by_band, other.by_band),
+            (&mut self.by_album, other.by_album),
+            (&mut self.by_route, other.by_route),
+        ] {
+            for (field, n) in more {
+                *map.entry(field).or_default() += n;
+            }
+        }
     }
 
     fn check(&self, tallies: &Tallies, logged: &BTreeMap<String, mongodb::bson::Document>) {
@@ -458,30 +499,6 @@ async fn consumer_killed_with_sigkill_mid_stream_counts_exactly() {
     let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(60)).await;
     expected.check(&tallies, &logged);
     consumer.kill();
-    pipeline.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn consumers_scaled_from_2_to_5_and_back_count_exactly() {
-    let pipeline = Pipeline::start("scale").await;
-    let load = send_load(&pipeline, 150, 20, Duration::from_millis(100));
-    let mut consumers: Vec<Replica> = (0..2).map(|_| pipeline.spawn_consumer()).collect();
-    let seen = progress_beyond(&pipeline, 0).await;
-    consumers.extend((0..3).map(|_| pipeline.spawn_consumer()));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let seen = progress_beyond(&pipeline, seen).await;
-    for mut consumer in consumers.drain(2..) {
-        let status = consumer.terminate();
-        assert!(status.success(), "a consumer stopped by SIGTERM exits cleanly, got {status}");
-    }
-    progress_beyond(&pipeline, seen).await;
-    let expected = load.await.expect("the load finished");
-    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(90)).await;
-    let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(60)).await;
-    expected.check(&tallies, &logged);
-    for mut consumer in consumers {
-        assert!(consumer.terminate().success());
-    }
     pipeline.finish().await;
 }
 

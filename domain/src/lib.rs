@@ -19,6 +19,6 @@ pub mod vote_log;
 
 pub use ballot::{Ballot, FieldError, Input, InvalidVote, Rank, VoteId, Year};
 pub use event::{DecodeError, Route, VoteEvent};
-pub use names::{MongoNames, RedisKeys};
+pub use names::{MongoNames, RedisKeys, ResendWindow};
 pub use roster::{Roster, RosterError};
 pub use vote_log::{AlbumTally, BandTally, KafkaPosition, LogTallies, LoggedVote, RouteTally, VotePage};

@@ -1,7 +1,7 @@
 //! Where votes are kept: every Redis key and MongoDB name, defined once for writer and readers.
 //!
 //! Redis keys (with the default prefix `bandvote`), all written by the consumer in one atomic
-//! script per batch, so they always agree with each other:
+//! script per Kafka partition and batch, so they always agree with each other:
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -15,8 +15,11 @@
 //! | `bandvote:rank:sum` | hash | `band / album` → sum of ranks |
 //! | `bandvote:rank:avg` | hash | `band / album` → average rank |
 //! | `bandvote:dead_letters` | string | records sent to the dead-letter topic |
-//! | `bandvote:seen:<vote_id>` | string | marks a vote as counted (expires after the dedup window) |
-//! | `bandvote:dead_letter_seen:<topic>:<partition>:<offset>` | string | marks a dead letter as counted (same expiry) |
+//! | `bandvote:{<topic>/<partition>}:position` | hash | `next`: the partition's first offset not yet counted; `g:<generation>`: vote ids remembered in that generation |
+//! | `bandvote:{<topic>/<partition>}:resend:<generation>` | set | digests of the vote ids counted in that generation (expires) |
+//!
+//! The per-partition keys share a Redis Cluster hash tag (`{<topic>/<partition>}`), so the keys of
+//! one partition live in one slot.
 
 /// The Redis keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,19 +68,74 @@ impl RedisKeys {
     pub fn dead_letters(&self) -> String {
         self.key("dead_letters")
     }
-    /// The prefix of the per-vote "already counted" markers; the vote id follows it.
-    pub fn seen_prefix(&self) -> String {
-        self.key("seen:")
+    /// A Kafka partition's counting position: field `next` is the first offset of the partition
+    /// that is not counted yet, fields `g:<generation>` how many vote ids each generation of the
+    /// re-send window remembered (see [`ResendWindow`]).
+    pub fn position(&self, topic: &str, partition: i32) -> String {
+        self.key(&format!("{{{topic}/{partition}}}:position"))
     }
-    /// The prefix of the per-record "dead letter already counted" markers; `topic:partition:offset`
-    /// follows it. Apart from the vote markers, so that no vote id can pass for a dead letter.
-    pub fn dead_letter_seen_prefix(&self) -> String {
-        self.key("dead_letter_seen:")
+    /// The digests ([`RedisKeys::resend_member`]) of the vote ids a partition counted in one
+    /// generation of the re-send window.
+    pub fn resend(&self, topic: &str, partition: i32, generation: i64) -> String {
+        self.key(&format!("{{{topic}/{partition}}}:resend:{generation}"))
+    }
+
+    /// What the re-send sets hold for a vote id: the first 16 bytes of its SHA-256, so that every
+    /// member has the same small size whatever the client chose as id. Two different ids share a
+    /// member with a probability of about n² / 2¹²⁹ for n ids, below 10⁻¹⁹ for ten billion.
+    pub fn resend_member(vote_id: &str) -> [u8; 16] {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new().chain_update(b"bandvote.resend.v1\0").chain_update(vote_id).finalize();
+        let mut member = [0; 16];
+        member.copy_from_slice(&digest[..16]);
+        member
     }
 
     /// The field that names an album in the album hashes.
     pub fn album_field(band: &str, album: &str) -> String {
         format!("{band} / {album}")
+    }
+}
+
+/// How the re-send window is cut into generations.
+///
+/// A vote id is remembered in the generation of the time ingest accepted it
+/// (`received_at_ms / generation_ms`). A generation lasts a third of the window; a vote is
+/// checked against its own generation, the [`ResendWindow::BEHIND`] before it and the one after it
+/// (for ingest clocks that disagree), so a re-send accepted up to `window` after the original is
+/// always recognised, one up to `window + generation_ms` may be. Each generation is one Redis set
+/// that expires `window` after the generation ends: memory holds at most `4/3 × window` of votes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResendWindow {
+    window_ms: i64,
+}
+
+impl ResendWindow {
+    /// Earlier generations a vote is checked against.
+    pub const BEHIND: i64 = 3;
+
+    /// A window of `window_ms` milliseconds (at least [`ResendWindow::BEHIND`]).
+    pub fn new(window_ms: i64) -> Self {
+        ResendWindow { window_ms: window_ms.max(Self::BEHIND) }
+    }
+
+    pub fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+
+    /// How long one generation lasts.
+    pub fn generation_ms(&self) -> i64 {
+        (self.window_ms + Self::BEHIND - 1) / Self::BEHIND
+    }
+
+    /// The generation a vote accepted at `received_at_ms` is remembered in.
+    pub fn generation_of(&self, received_at_ms: i64) -> i64 {
+        received_at_ms.div_euclid(self.generation_ms())
+    }
+
+    /// The generations a vote of generation `generation` is looked up in, oldest first.
+    pub fn lookups(&self, generation: i64) -> std::ops::RangeInclusive<i64> {
+        generation - Self::BEHIND..=generation + 1
     }
 }
 
@@ -118,5 +176,47 @@ impl MongoNames {
 impl Default for MongoNames {
     fn default() -> Self {
         MongoNames::new(Self::DEFAULT_DATABASE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_keys_share_one_cluster_hash_tag() {
+        let keys = RedisKeys::new("bandvote");
+        assert_eq!(keys.position("votes", 3), "bandvote:{votes/3}:position");
+        assert_eq!(keys.resend("votes", 3, 17), "bandvote:{votes/3}:resend:17");
+    }
+
+    #[test]
+    fn resend_members_are_fixed_size_and_differ_per_id() {
+        let a = RedisKeys::resend_member("phone-502-1");
+        assert_eq!(a, RedisKeys::resend_member("phone-502-1"));
+        assert_ne!(a, RedisKeys::resend_member("phone-502-2"));
+        assert_ne!(a, RedisKeys::resend_member(""));
+    }
+
+    #[test]
+    fn a_window_is_three_generations_and_a_vote_is_looked_up_in_five() {
+        let window = ResendWindow::new(24 * 3_600_000);
+        assert_eq!(window.generation_ms(), 8 * 3_600_000);
+        assert_eq!(window.generation_of(0), 0);
+        assert_eq!(window.generation_of(8 * 3_600_000 - 1), 0);
+        assert_eq!(window.generation_of(8 * 3_600_000), 1);
+        assert_eq!(window.generation_of(-1), -1);
+        assert_eq!(window.lookups(10), 7..=11);
+        // An original accepted at t is found by a re-send accepted at any time up to t + window.
+        for t in [0, 1, 8 * 3_600_000 - 1, 13 * 3_600_000] {
+            let original = window.generation_of(t);
+            for later in [t, t + window.window_ms() / 2, t + window.window_ms()] {
+                assert!(window.lookups(window.generation_of(later)).contains(&original), "{t} {later}");
+            }
+            // A re-send stamped a little earlier by another ingest's clock.
+            assert!(window.lookups(window.generation_of(t - 1000)).contains(&original));
+        }
+        assert_eq!(ResendWindow::new(2000).generation_ms(), 667);
+        assert_eq!(ResendWindow::new(0).generation_ms(), 1);
     }
 }

@@ -5,6 +5,7 @@ hardening). No cluster is needed: see k8s_model.py for how each check works."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,22 @@ def test_kafka_is_strimzi_kraft_with_topics_for_five_consumers(gke):
     assert sum(p["spec"]["replicas"] for p in pools) >= topics["votes"]["spec"]["replicas"]
 
 
+def test_the_votes_topic_keeps_records_as_long_as_the_design_relies_on(gke):
+    topic = next(o for o in gke if o["kind"] == "KafkaTopic" and o["spec"]["topicName"] == "votes")["spec"]["config"]
+    # The same settings as the topic the services create locally (ops/src/topics.rs).
+    source = (Path(__file__).resolve().parents[2] / "ops/src/topics.rs").read_text()
+    local = dict(re.findall(r'\("([a-z.]+)", "([^"]*)"\)', source.split("VOTES_CONFIG", 1)[1].split("];", 1)[0]))
+    assert local, "VOTES_CONFIG not found in ops/src/topics.rs"
+    assert {k: str(v).lower() for k, v in topic.items() if k in local} == {k: v.lower() for k, v in local.items()}
+    assert topic["retention.bytes"] == -1, "a size cap could delete records not yet counted"
+    assert topic["message.timestamp.type"] == "LogAppendTime"
+    assert topic["unclean.leader.election.enable"] is False
+    broker = by_name(gke, "Kafka", "bandvote")["spec"]["kafka"]["config"]
+    assert broker["unclean.leader.election.enable"] is False
+    # Committed offsets outlive the oldest record a segment can still hold.
+    assert broker["offsets.retention.minutes"] * 60_000 >= topic["retention.ms"] + topic["segment.ms"]
+
+
 def test_services_do_not_create_topics(gke):
     for cm in (o for o in gke if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("kafka-client")):
         assert cm["data"]["KAFKA_CREATE_TOPICS"] == "false"
@@ -305,6 +322,23 @@ def test_datastores_are_persistent_statefulsets_with_secret_credentials(gke):
         assert all("secretKeyRef" in e["valueFrom"] for e in env if "PASSWORD" in e["name"])
     redis_conf = next(o for o in gke if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("redis-config"))
     assert "appendonly yes" in redis_conf["data"]["redis.conf"]
+
+
+def test_redis_evicts_only_resend_memory_and_stays_inside_its_pod(gke):
+    redis_conf = next(o for o in gke if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("redis-config"))
+    settings = dict(
+        line.split(None, 1) for line in redis_conf["data"]["redis.conf"].splitlines() if line and not line.startswith("#")
+    )
+    # Only the re-send sets have a TTL: volatile-ttl can never evict a tally or a counting position.
+    assert settings["maxmemory-policy"] == "volatile-ttl"
+    units = {"kb": 1000, "mb": 1000**2, "gb": 1000**3}
+    value = settings["maxmemory"].strip().lower()
+    maxmemory = int(value[:-2]) * units[value[-2:]]
+    limit = by_name(gke, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    limit_bytes = int(limit[:-2]) * 1024**3
+    # Room for the copy-on-write of an append-only file rewrite and the client buffers.
+    assert maxmemory <= 0.6 * limit_bytes, f"maxmemory {value} is more than 60% of the {limit} limit"
 
 
 def test_grafana_gets_the_plugin_and_the_provisioning(gke):

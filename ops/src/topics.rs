@@ -11,6 +11,17 @@ use rdkafka::{
 
 use crate::config::KafkaArgs;
 
+/// The votes topic's settings, the same as `k8s/base/kafka-topics.yaml` (docs/RELIABILITY.md says
+/// why): a week of retention by time only, deleted in segments of an hour, on the brokers' clock,
+/// never an unclean leader.
+pub const VOTES_CONFIG: [(&str, &str); 5] = [
+    ("retention.ms", "604800000"),
+    ("retention.bytes", "-1"),
+    ("segment.ms", "3600000"),
+    ("message.timestamp.type", "LogAppendTime"),
+    ("unclean.leader.election.enable", "false"),
+];
+
 /// Creates the votes topic and its dead-letter topic if they do not exist yet.
 pub async fn ensure(kafka: &KafkaArgs) -> Result<(), KafkaError> {
     if !kafka.create_topics {
@@ -19,8 +30,11 @@ pub async fn ensure(kafka: &KafkaArgs) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = kafka.client_config("bandvote-admin").create()?;
     let dead_letters = kafka.dead_letter_topic();
     let replication = || TopicReplication::Fixed(kafka.replication_factor);
-    let topics =
-        [NewTopic::new(&kafka.topic, kafka.partitions, replication()), NewTopic::new(&dead_letters, 1, replication())];
+    let mut votes = NewTopic::new(&kafka.topic, kafka.partitions, replication());
+    for (name, value) in VOTES_CONFIG {
+        votes = votes.set(name, value);
+    }
+    let topics = [votes, NewTopic::new(&dead_letters, 1, replication())];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
         match result {

@@ -21,7 +21,8 @@ pub fn free_port() -> u16 {
 pub enum Kind {
     /// Single-node KRaft Kafka, through `dev/services kafka-foreground`.
     Kafka,
-    /// Redis with the append-only file on (`appendfsync everysec`), like the local service.
+    /// Redis with the append-only file on (`appendfsync everysec`) and `maxmemory-policy
+    /// volatile-ttl`, like the local service.
     Redis,
     /// FerretDB with the SQLite backend, like the local service.
     Mongo,
@@ -33,21 +34,35 @@ pub struct PrivateServer {
     dir: PathBuf,
     port: u16,
     controller_port: u16,
+    extra_args: Vec<String>,
     process: Option<Child>,
 }
 
 impl PrivateServer {
     /// Starts the server and waits until it takes connections.
     pub fn start(kind: Kind) -> Self {
+        Self::start_with(kind, &[])
+    }
+
+    /// Starts the server with more command-line arguments (for Redis, settings such as
+    /// `--maxmemory 4mb`), kept for every restart.
+    pub fn start_with(kind: Kind, extra_args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(unique(&format!("{kind:?}").to_lowercase()));
         std::fs::create_dir_all(&dir).expect("server folder");
-        let mut server = PrivateServer { kind, dir, port: free_port(), controller_port: free_port(), process: None };
+        let extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        let mut server =
+            PrivateServer { kind, dir, port: free_port(), controller_port: free_port(), extra_args, process: None };
         server.restart();
         server
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's data folder (Redis keeps its append-only files in `appendonlydir/` here).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// `127.0.0.1:port`.
@@ -76,6 +91,7 @@ impl PrivateServer {
                 let mut command = Command::new("redis-server");
                 command.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--dir", &dir]);
                 command.args(["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]);
+                command.args(["--maxmemory-policy", "volatile-ttl"]);
                 command
             }
             Kind::Mongo => {
@@ -109,6 +125,7 @@ impl PrivateServer {
             .expect("log file");
         let child = self
             .command()
+            .args(&self.extra_args)
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
@@ -162,6 +179,8 @@ pub struct Slowness {
     pub stalled: bool,
     /// Added before each chunk passes, both ways.
     pub delay: Duration,
+    /// Raised by [`SlowProxy::sever`]: connections opened before it are closed.
+    pub severed: u64,
 }
 
 impl SlowProxy {
@@ -190,12 +209,21 @@ impl SlowProxy {
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut buffer = vec![0; 64 * 1024];
+        let opened = state.borrow().severed;
         loop {
-            let Ok(n) = from.read(&mut buffer).await else { return };
+            let read = tokio::select! {
+                read = from.read(&mut buffer) => read,
+                _ = state.wait_for(|s| s.severed != opened) => return,
+            };
+            let Ok(n) = read else { return };
             if n == 0 {
                 return;
             }
-            let Ok(now) = state.wait_for(|s| !s.stalled).await.map(|s| *s) else { return };
+            // Bytes held back by a stall are dropped, not delivered, when the connection is severed.
+            let Ok(now) = state.wait_for(|s| !s.stalled || s.severed != opened).await.map(|s| *s) else { return };
+            if now.severed != opened {
+                return;
+            }
             if !now.delay.is_zero() {
                 tokio::time::sleep(now.delay).await;
             }
@@ -211,5 +239,11 @@ impl SlowProxy {
 
     pub fn delay(&self, delay: Duration) {
         self.state.send_modify(|s| s.delay = delay);
+    }
+
+    /// Closes every connection open now, dropping the bytes a stall holds back on them, as when a
+    /// client's process dies with its requests still in the network.
+    pub fn sever(&self) {
+        self.state.send_modify(|s| s.severed += 1);
     }
 }

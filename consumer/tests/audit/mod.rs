@@ -1,5 +1,6 @@
 //! The audit command against a real pipeline: it agrees after exact counting, names what differs
-//! when a store is tampered with, and rebuilds Redis exactly after Redis lost its data.
+//! when a store is tampered with, and rebuilds Redis exactly after Redis lost its data, part of it,
+//! or nothing (long after the re-send window).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ impl Pipeline {
             "bandvote-audit".to_owned(),
             format!("--kafka-brokers={}", self.services.kafka_brokers),
             format!("--kafka-topic={}", self.topic),
+            format!("--kafka-group={}", self.group),
             format!("--redis-url={}", self.services.redis_url),
             format!("--redis-key-prefix={}", self.prefix),
             format!("--mongodb-uri={}", self.services.mongodb_uri),
@@ -77,7 +79,9 @@ async fn audit_agrees_names_differences_and_rebuilds_redis_after_a_flush() {
     assert_eq!(report.redis.total, 0);
     assert!(!report.agrees());
     let report = audit::run(&pipeline.audit_config(&["--rebuild"])).await.expect("the rebuild runs");
-    assert_eq!(report.rebuilt, Some(total - 1), "{report}");
+    let rebuilt = report.rebuilt.as_ref().expect("rebuilt");
+    assert_eq!(rebuilt.votes, (total - 1) as i64, "{report}");
+    assert_eq!(rebuilt.positions.len(), 6, "every partition gets its position back from the group's commits: {report}");
     assert!(report.agrees(), "{report}");
     let rebuilt = bandvote_testkit::read_tallies(&pipeline.services.redis_url, &pipeline.prefix).await;
     let mut without_deleted = tallies.clone();
@@ -99,7 +103,83 @@ async fn audit_agrees_names_differences_and_rebuilds_redis_after_a_flush() {
 
     // A second rebuild finds nothing missing and changes nothing.
     let report = audit::run(&pipeline.audit_config(&["--rebuild"])).await.expect("the rebuild runs");
-    assert_eq!(report.rebuilt, Some(0));
+    assert_eq!(report.rebuilt, Some(Default::default()), "{report}");
     assert_eq!(bandvote_testkit::read_tallies(&pipeline.services.redis_url, &pipeline.prefix).await, rebuilt);
+    pipeline.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_long_after_the_resend_window_changes_nothing_on_an_intact_redis() {
+    let pipeline = Pipeline::start("rebuild-aged").await;
+    // A 2 s window: its generations last 667 ms and expire 2 s after they end.
+    let consumer = pipeline.consume_in_process_with(&["--resend-window=2s"]).await;
+    let expected = send_load(&pipeline, 8, 25, Duration::from_millis(50)).await.expect("the load finished");
+    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(60)).await;
+    pipeline.logged_when_count(expected.total(), Duration::from_secs(60)).await;
+    // Every re-send set has expired: no vote id is remembered any more.
+    let mut redis = pipeline.redis().await;
+    let resend = format!("{}:{{{}/*}}:resend:*", pipeline.prefix, pipeline.topic);
+    bandvote_testkit::wait_for("the re-send sets to expire", Duration::from_secs(20), || {
+        let (mut redis, resend) = (redis.clone(), resend.clone());
+        async move {
+            let left: Vec<String> =
+                redis::cmd("KEYS").arg(&resend).query_async(&mut redis).await.map_err(|e| e.to_string())?;
+            if left.is_empty() { Ok(()) } else { Err(format!("{} sets left", left.len())) }
+        }
+    })
+    .await;
+    let positions: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:{{{}/*}}:position", pipeline.prefix, pipeline.topic))
+        .query_async(&mut redis)
+        .await
+        .expect("KEYS");
+    assert!(!positions.is_empty(), "the positions never expire");
+
+    let report = audit::run(&pipeline.audit_config(&["--rebuild"])).await.expect("the rebuild runs");
+    assert_eq!(report.rebuilt, Some(Default::default()), "nothing to add or remove: {report}");
+    assert!(report.agrees(), "{report}");
+    assert_eq!(bandvote_testkit::read_tallies(&pipeline.services.redis_url, &pipeline.prefix).await, tallies);
+    consumer.stop().await;
+    pipeline.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_while_votes_are_counted_restores_exactly_the_deleted_tallies() {
+    let pipeline = Pipeline::start("rebuild-part").await;
+    let consumer = pipeline.consume_in_process().await;
+    let first = send_load(&pipeline, 6, 25, Duration::ZERO).await.expect("the load finished");
+    pipeline.tallies_when_total(first.total(), Duration::from_secs(60)).await;
+    pipeline.logged_when_count(first.total(), Duration::from_secs(60)).await;
+
+    // Part of the tallies is lost: one band, every album and the per-second split.
+    let keys = bandvote_domain::RedisKeys::new(&pipeline.prefix);
+    let mut redis = pipeline.redis().await;
+    let (band, ..) = bandvote_testkit::vote(2);
+    let lost_band: u64 = redis::cmd("HGET").arg(keys.by_band()).arg(band).query_async(&mut redis).await.expect("HGET");
+    assert!(lost_band > 0);
+    let _: () = redis::pipe()
+        .atomic()
+        .hdel(keys.by_band(), band)
+        .del(keys.by_album())
+        .del(keys.per_second())
+        .query_async(&mut redis)
+        .await
+        .expect("delete part of the tallies");
+    // More votes arrive and are counted while the rebuild runs.
+    let more = send_load(&pipeline, 20, 10, Duration::from_millis(50));
+    let report = audit::run(&pipeline.audit_config(&["--rebuild"])).await.expect("the rebuild runs");
+    let rebuilt = report.rebuilt.clone().expect("rebuilt");
+    assert_eq!(rebuilt.votes, 0, "the total was not lost: {rebuilt}");
+    assert!(rebuilt.counters > 0, "{rebuilt}");
+    let more = more.await.expect("the load finished");
+
+    let mut expected = first;
+    expected.extend(more);
+    let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(60)).await;
+    let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(60)).await;
+    expected.check(&tallies, &logged);
+    consumer.stop().await;
+    let report = audit::run(&pipeline.audit_config(&[])).await.expect("the audit runs");
+    assert!(report.agrees(), "{report}");
     pipeline.finish().await;
 }

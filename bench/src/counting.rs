@@ -1,0 +1,244 @@
+//! The counting step alone: what Redis holds and spends per vote.
+//!
+//! Feeds votes straight into the consumer's counting step ([`Tally::apply`], the same script and
+//! arguments a consumer sends) against a private Redis with its append-only file on, as in
+//! production: partitions of 170 votes (a 500-vote batch spread over three partitions), UUIDv7 ids
+//! like the ones ingest gives, acceptance times spread at `--rate` votes per second from now. At
+//! every checkpoint it reads Redis's `INFO` and reports the memory per vote (all of it: tallies,
+//! positions, re-send sets), the keys, evictions, the time per vote and Redis's own CPU per vote,
+//! and, from one consumer's view, how long the re-send window still is.
+
+use std::{
+    fmt::Write as _,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use bandvote_consumer::tally::{Applied, Origin, PartitionBatch, Tally};
+use bandvote_domain::{
+    Ballot, RedisKeys, Route, VoteEvent,
+    ballot::{BallotInput, VoteId},
+};
+use bandvote_testkit::servers::{Kind, PrivateServer};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "bandvote-bench-counting",
+    version,
+    about = "Redis memory and CPU per vote of the consumer's counting step, against a private Redis."
+)]
+pub struct CountingConfig {
+    /// Votes to count.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub votes: u64,
+    /// Report every this many votes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub every: u64,
+    /// Kafka partitions the votes are spread over.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Acceptance times are spread at this many votes per second, from now.
+    #[arg(long, default_value_t = 5_272.0)]
+    pub rate: f64,
+    /// The consumer's re-send window.
+    #[arg(long, default_value = "24h", value_parser = bandvote_ops::config::parse_duration)]
+    pub resend_window: Duration,
+    /// Redis `maxmemory` (for example `64mb`; the policy is `volatile-ttl`). None by default.
+    #[arg(long)]
+    pub maxmemory: Option<String>,
+    /// Counting steps in flight at once, as from that many consumer replicas.
+    #[arg(long, default_value_t = 3)]
+    pub concurrency: usize,
+    /// Redis's append-only file (`yes`, as in production, or `no`, to see its share of the cost).
+    #[arg(long, default_value = "yes")]
+    pub appendonly: String,
+}
+
+/// One checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub votes: u64,
+    pub used_memory: u64,
+    pub keys: u64,
+    pub evicted: u64,
+    pub micros_per_vote: f64,
+    pub redis_cpu_micros_per_vote: f64,
+    pub window: Option<Duration>,
+}
+
+/// Votes of one partition batch.
+const PER_PARTITION: usize = 170;
+
+/// Runs the measurement and returns the checkpoints and the Markdown report.
+pub async fn run(config: &CountingConfig) -> anyhow::Result<(Vec<Checkpoint>, String)> {
+    let mut args = vec!["--appendonly".to_owned(), config.appendonly.clone()];
+    if let Some(max) = &config.maxmemory {
+        args.extend(["--maxmemory".to_owned(), max.clone()]);
+    }
+    let redis = tokio::task::spawn_blocking(move || {
+        PrivateServer::start_with(Kind::Redis, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await?;
+    let keys = RedisKeys::new("bandvote");
+    let tally = Tally::connect(&redis.url(), keys, "votes", config.resend_window).await?;
+    let mut connection = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
+    let baseline = info(&mut connection).await?;
+
+    let start_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
+    let ballots = ballots()?;
+    let mut offsets = vec![0i64; config.partitions as usize];
+    let mut checkpoints = Vec::new();
+    let mut sent = 0u64;
+    let (mut since, mut cpu_since) = (Instant::now(), baseline.cpu);
+    let mut last_report = 0u64;
+    let mut window = None;
+    while sent < config.votes {
+        // One round: a batch per partition for `concurrency` partitions at once.
+        let mut events = Vec::new();
+        let mut batches_of = Vec::new();
+        for _ in 0..config.concurrency {
+            let partition = ((sent / PER_PARTITION as u64) % config.partitions as u64) as i32;
+            let n = PER_PARTITION.min((config.votes - sent) as usize);
+            if n == 0 {
+                break;
+            }
+            let first = offsets[partition as usize];
+            let votes: Vec<VoteEvent> = (0..n as u64)
+                .map(|i| {
+                    let number = sent + i;
+                    VoteEvent {
+                        vote_id: VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a vote id"),
+                        ballot: ballots[(number % ballots.len() as u64) as usize].clone(),
+                        route: if number.is_multiple_of(2) { Route::Http } else { Route::Grpc },
+                        received_at_ms: start_ms + (number as f64 * 1000.0 / config.rate) as i64,
+                    }
+                })
+                .collect();
+            offsets[partition as usize] += n as i64;
+            sent += n as u64;
+            batches_of.push((partition, first));
+            events.push(votes);
+        }
+        let batches: Vec<PartitionBatch<'_>> = batches_of
+            .iter()
+            .zip(&events)
+            .map(|(&(partition, first), votes)| PartitionBatch {
+                partition,
+                origin: if first == 0 { Origin::Start(0) } else { Origin::At(first) },
+                votes: votes.iter().enumerate().map(|(i, v)| (first + i as i64, v)).collect(),
+                dead_letters: Vec::new(),
+            })
+            .collect();
+        let applied = futures::future::join_all(batches.iter().map(|b| tally.apply(b))).await;
+        for applied in applied {
+            match applied.context("the counting script failed")? {
+                Applied::Counted(counted) => window = counted.window.or(window),
+                other => anyhow::bail!("a fresh partition was not counted: {other:?}"),
+            }
+        }
+        if sent - last_report >= config.every || sent == config.votes {
+            let now = info(&mut connection).await?;
+            let counted = sent - last_report;
+            checkpoints.push(Checkpoint {
+                votes: sent,
+                used_memory: now.used_memory,
+                keys: now.keys,
+                evicted: now.evicted,
+                micros_per_vote: since.elapsed().as_secs_f64() * 1e6 / counted as f64,
+                redis_cpu_micros_per_vote: (now.cpu - cpu_since) * 1e6 / counted as f64,
+                window,
+            });
+            eprintln!("counting: {sent} votes, {} MB", now.used_memory / 1_000_000);
+            (since, cpu_since, last_report) = (Instant::now(), now.cpu, sent);
+        }
+    }
+    let total: Option<u64> =
+        redis::cmd("GET").arg(RedisKeys::new("bandvote").total()).query_async(&mut connection).await?;
+    anyhow::ensure!(total == Some(config.votes), "Redis counted {total:?} of {} votes", config.votes);
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut connection).await?;
+    let script = stats.lines().find_map(|l| l.strip_prefix("cmdstat_evalsha:")).unwrap_or("none").to_owned();
+    let mut markdown = markdown(config, baseline.used_memory, &checkpoints);
+    let _ = writeln!(markdown, "\nThe counting script's calls (Redis `INFO commandstats`): {script}.");
+    Ok((checkpoints, markdown))
+}
+
+fn ballots() -> anyhow::Result<Vec<Ballot>> {
+    let mut ballots = Vec::new();
+    for n in 0..20 {
+        let (name, album, year, rank) = bandvote_testkit::vote(n);
+        let input =
+            BallotInput::from_json(&serde_json::json!({"name": name, "album": album, "year": year, "rank": rank}))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ballots.push(Ballot::parse(&input).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    Ok(ballots)
+}
+
+struct Info {
+    used_memory: u64,
+    keys: u64,
+    evicted: u64,
+    /// Seconds of CPU Redis used, user and system.
+    cpu: f64,
+}
+
+async fn info(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Info> {
+    let text: String =
+        redis::cmd("INFO").arg("memory").arg("stats").arg("cpu").arg("keyspace").query_async(redis).await?;
+    let field = |name: &str| -> Option<&str> {
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+    };
+    let number = |name: &str| field(name).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let keys = field("db0").and_then(|db| db.split(',').next()?.strip_prefix("keys=")?.parse().ok()).unwrap_or(0);
+    Ok(Info {
+        used_memory: number("used_memory") as u64,
+        keys,
+        evicted: number("evicted_keys") as u64,
+        cpu: number("used_cpu_user") + number("used_cpu_sys"),
+    })
+}
+
+fn markdown(config: &CountingConfig, baseline: u64, checkpoints: &[Checkpoint]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Counting step: {} votes over {} partitions, re-send window {}, maxmemory {}, acceptance at {} votes/s.\n",
+        config.votes,
+        config.partitions,
+        humantime(config.resend_window),
+        config.maxmemory.as_deref().unwrap_or("none"),
+        config.rate
+    );
+    let _ = writeln!(out, "Empty Redis: {:.1} MB.\n", baseline as f64 / 1e6);
+    let _ = writeln!(
+        out,
+        "| votes | Redis used memory | bytes per vote | keys | evicted keys | µs per vote (wall) | Redis CPU µs per vote | re-send window |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for c in checkpoints {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} MB | {:.1} | {} | {} | {:.2} | {:.2} | {} |",
+            c.votes,
+            c.used_memory as f64 / 1e6,
+            c.used_memory.saturating_sub(baseline) as f64 / c.votes as f64,
+            c.keys,
+            c.evicted,
+            c.micros_per_vote,
+            c.redis_cpu_micros_per_vote,
+            c.window.map_or("–".to_owned(), humantime)
+        );
+    }
+    out
+}
+
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.1} s")
+    }
+}
