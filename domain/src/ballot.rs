@@ -7,6 +7,8 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::{UnicodeNormalization as _, is_nfc};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
 /// Longest band or album name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
@@ -182,6 +184,11 @@ impl Ballot {
     }
 }
 
+/// Reads a band or album name: trimmed, in Unicode NFC (so that a name typed with a precomposed
+/// `í` and one typed with `i` plus a combining accent are one name), 1 to [`MAX_NAME_CHARS`]
+/// characters after normalising, with no control character and no format character (category
+/// Cf: zero-width spaces and joiners, bidirectional controls, the byte order mark...), which
+/// would make two names that look the same differ.
 fn parse_name(input: &Input) -> Result<String, String> {
     let text = match input {
         Input::Text(text) => text.trim(),
@@ -191,6 +198,7 @@ fn parse_name(input: &Input) -> Result<String, String> {
     if text.is_empty() {
         return Err("must not be empty".into());
     }
+    let text: String = if is_nfc(text) { text.to_owned() } else { text.nfc().collect() };
     let chars = text.chars().count();
     if chars > MAX_NAME_CHARS {
         return Err(format!("must be at most {MAX_NAME_CHARS} characters, got {chars}"));
@@ -198,7 +206,10 @@ fn parse_name(input: &Input) -> Result<String, String> {
     if text.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
-    Ok(text.to_owned())
+    if let Some(format) = text.chars().find(|c| c.general_category() == GeneralCategory::Format) {
+        return Err(format!("contains an invisible format character U+{:04X}", u32::from(format)));
+    }
+    Ok(text)
 }
 
 fn parse_year(input: &Input) -> Result<Year, String> {
@@ -276,6 +287,7 @@ fn parse_optional_id(input: &Input) -> Result<Option<String>, String> {
     }
 }
 
+/// Ids are ASCII only, so every way of writing one is the same string: no normalisation needed.
 fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("must not be empty".into());
@@ -444,6 +456,52 @@ mod tests {
         assert_eq!(ballot.rank.get().to_string(), "0");
         let resent = BallotInput::from_proto("A", "a", "1985", &ballot.rank.get().to_string(), "", "");
         assert_eq!(Ballot::parse(&resent), Ok(ballot));
+    }
+
+    #[test]
+    fn names_are_compared_in_nfc() {
+        // "Hijos del Maíz" with a precomposed "í" (U+00ED) and with "i" plus U+0301.
+        let composed = "Hijos del Ma\u{ed}z";
+        let decomposed = "Hijos del Mai\u{301}z";
+        assert_ne!(composed, decomposed);
+        let vote = |album: &str| json!({"name": "Viernes Verde", "album": album, "year": 1997, "rank": 9});
+        let one = Ballot::from_json(&vote(composed)).expect("valid");
+        let other = Ballot::from_json(&vote(decomposed)).expect("valid");
+        assert_eq!(one.album, composed);
+        assert_eq!(other, one, "the two spellings are one album");
+        // Through the protobuf path too, and the length is counted after normalising.
+        let long = format!("{}{decomposed}", "a".repeat(MAX_NAME_CHARS - composed.chars().count()));
+        assert_eq!(long.chars().count(), MAX_NAME_CHARS + 1);
+        let ballot = Ballot::parse(&BallotInput::from_proto(&long, decomposed, "1997", "9", "", "")).expect("valid");
+        assert_eq!(ballot.band.chars().count(), MAX_NAME_CHARS);
+        assert_eq!(ballot.album, composed);
+    }
+
+    #[test]
+    fn invisible_format_characters_are_refused_by_field() {
+        let vote = |name: &str, album: &str| json!({"name": name, "album": album, "year": 1990, "rank": 9});
+        assert_eq!(
+            problems(vote("Alux Nahual\u{200b}", "Conquista")),
+            ["name: contains an invisible format character U+200B"]
+        );
+        for (character, shown) in [
+            ('\u{200d}', "U+200D"),   // zero-width joiner
+            ('\u{202e}', "U+202E"),   // right-to-left override
+            ('\u{2066}', "U+2066"),   // left-to-right isolate
+            ('\u{feff}', "U+FEFF"),   // byte order mark
+            ('\u{ad}', "U+00AD"),     // soft hyphen
+            ('\u{e0041}', "U+E0041"), // tag latin capital letter A
+        ] {
+            let album = format!("Con{character}quista");
+            assert_eq!(
+                problems(vote("Alux Nahual", &album)),
+                [format!("album: contains an invisible format character {shown}")]
+            );
+        }
+        // Visible non-ASCII names are fine.
+        assert!(Ballot::from_json(&vote("Bohemia Suburbana", "Las Oxidadas Ramas del Mal ñ ü 🎸")).is_ok());
+        // Spaces around a format character are trimmed, the character itself is not.
+        assert_eq!(problems(vote("\u{200b} Alux", "a")), ["name: contains an invisible format character U+200B"]);
     }
 
     #[test]

@@ -5,6 +5,8 @@ use bandvote_domain::{
     Ballot, VoteId,
     ballot::{BallotInput, MAX_NAME_CHARS, RANKS, YEARS},
 };
+use unicode_normalization::is_nfc;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
 /// Asserts the invariants of a vote that passed validation.
 pub fn check_ballot(ballot: &Ballot) {
@@ -13,6 +15,11 @@ pub fn check_ballot(ballot: &Ballot) {
         assert!(!name.is_empty(), "names are not empty");
         assert!(name.chars().count() <= MAX_NAME_CHARS, "names are short: {name:?}");
         assert!(!name.chars().any(char::is_control), "names hold no control characters: {name:?}");
+        assert!(is_nfc(name), "names are in Unicode NFC: {name:?}");
+        assert!(
+            !name.chars().any(|c| c.general_category() == GeneralCategory::Format),
+            "names hold no format characters: {name:?}"
+        );
     }
     assert!(YEARS.contains(&ballot.year.get()), "year in range: {:?}", ballot.year);
     let rank = ballot.rank.get();

@@ -231,6 +231,8 @@ async fn the_wasm_route_refuses_bad_input_exactly_like_the_native_route() {
         with("name", json!(42)),
         with("year", json!(true)),
         with("album", json!("x".repeat(101))),
+        with("name", json!("Alux Nahual\u{200b}")),
+        with("album", json!("Con\u{202e}quista")),
         with("year", json!("nineteen")),
         with("year", json!(1997.5)),
         with("rank", json!("9,5")),
