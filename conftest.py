@@ -102,6 +102,8 @@ class Pipeline:
 
     http_url: str
     grpc_target: str
+    # Ingest's /healthz, /readyz and /metrics.
+    ops_url: str
     prefix: str
     topic: str
     database: str
@@ -171,7 +173,7 @@ def pipeline(tmp_path, redis_url) -> Pipeline:
     mongo = need_env("MONGODB_URI")
     run = uuid.uuid4().hex[:12]
     prefix, topic, database = f"pytest-{run}", f"pytest-votes-{run}", f"pytest_{run}"
-    http_port, grpc_port, consumer_port = free_port(), free_port(), free_port()
+    http_port, grpc_port, ops_port, consumer_port = free_port(), free_port(), free_port(), free_port()
     common = {
         **os.environ,
         "HOST": "127.0.0.1",
@@ -181,7 +183,13 @@ def pipeline(tmp_path, redis_url) -> Pipeline:
         "RUST_LOG": "warn",
     }
     # `wasm` adds /wasm/votes, the producer side of the Wasm route (see the wasm_route fixture).
-    ingest_env = {**common, "PORT": str(http_port), "GRPC_PORT": str(grpc_port), "INGEST_ROUTES": "grpc,http,wasm"}
+    ingest_env = {
+        **common,
+        "PORT": str(http_port),
+        "GRPC_PORT": str(grpc_port),
+        "OPS_PORT": str(ops_port),
+        "INGEST_ROUTES": "grpc,http,wasm",
+    }
     consumer_env = {
         **common,
         "PORT": str(consumer_port),
@@ -197,13 +205,14 @@ def pipeline(tmp_path, redis_url) -> Pipeline:
     processes = [ingest]
     try:
         # Ingest creates the topic; the consumer starts once it exists.
-        _wait_ready(ingest, f"http://127.0.0.1:{http_port}/readyz", logs / "ingest.log")
+        _wait_ready(ingest, f"http://127.0.0.1:{ops_port}/readyz", logs / "ingest.log")
         consumer = _start(binary("bandvote-consumer"), consumer_env, logs / "consumer.log")
         processes.append(consumer)
         _wait_ready(consumer, f"http://127.0.0.1:{consumer_port}/readyz", logs / "consumer.log")
         yield Pipeline(
             http_url=f"http://127.0.0.1:{http_port}",
             grpc_target=f"127.0.0.1:{grpc_port}",
+            ops_url=f"http://127.0.0.1:{ops_port}",
             prefix=prefix,
             topic=topic,
             database=database,
@@ -237,7 +246,10 @@ def wasm_route(pipeline, tmp_path) -> str:
     log = tmp_path / "wasmtime.log"
     out = open(log, "wb")
     proc = subprocess.Popen(
-        [wasmtime, "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{port}", "--env", f"INGEST_URL={pipeline.http_url}", component],
+        [
+            wasmtime, "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{port}",
+            "--env", f"INGEST_URL={pipeline.http_url}", "--env", f"INGEST_OPS_URL={pipeline.ops_url}", component,
+        ],
         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:

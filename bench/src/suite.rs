@@ -334,7 +334,7 @@ impl WasmFront {
     async fn start(config: &SuiteConfig, bin_dir: &Path, stack: &Stack) -> anyhow::Result<Self> {
         let component = config.wasm_component.as_ref().context("no component")?;
         ensure!(component.is_file(), "the Wasm component {} is not built (dev/build-wasm)", component.display());
-        let (producer_port, producer_grpc, port) = (free_port(), free_port(), free_port());
+        let (producer_port, producer_grpc, producer_ops, port) = (free_port(), free_port(), free_port(), free_port());
         let log = |name: &str| -> anyhow::Result<std::fs::File> {
             Ok(std::fs::File::create(config.out.join(format!("logs/{name}.log")))?)
         };
@@ -343,6 +343,7 @@ impl WasmFront {
                 "--routes=wasm".to_owned(),
                 format!("--port={producer_port}"),
                 format!("--grpc-port={producer_grpc}"),
+                format!("--ops-port={producer_ops}"),
                 format!("--kafka-brokers={}", stack.kafka.url()),
                 format!("--kafka-topic={}", Stack::TOPIC),
             ])
@@ -355,6 +356,7 @@ impl WasmFront {
         let wasmtime = Command::new(&config.wasmtime)
             .args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")])
             .args(["--env", &format!("INGEST_URL=http://127.0.0.1:{producer_port}")])
+            .args(["--env", &format!("INGEST_OPS_URL=http://127.0.0.1:{producer_ops}")])
             .arg(component)
             .stdout(log("wasmtime")?)
             .stderr(log("wasmtime")?)

@@ -20,6 +20,8 @@ pub struct Stack {
     pub proxy: SlowProxy,
     pub http_url: String,
     pub grpc_url: String,
+    /// Ingest's `/healthz`, `/readyz` and `/metrics`.
+    pub ops_url: String,
     bin_dir: PathBuf,
     ingest: Child,
     consumers: Vec<Option<Child>>,
@@ -80,7 +82,7 @@ impl Stack {
         let proxy = SlowProxy::start(mongo.address()).await;
         create_topics(&kafka.url()).await?;
 
-        let (http_port, grpc_port) = (free_port(), free_port());
+        let (http_port, grpc_port, ops_port) = (free_port(), free_port(), free_port());
         let logs = layout.logs.clone().unwrap_or_else(|| {
             std::env::var_os("CHAOS_LOGS").map_or_else(|| std::env::temp_dir().join("bandvote-chaos"), PathBuf::from)
         });
@@ -88,6 +90,7 @@ impl Stack {
             .args([
                 format!("--port={http_port}"),
                 format!("--grpc-port={grpc_port}"),
+                format!("--ops-port={ops_port}"),
                 format!("--kafka-brokers={}", kafka.url()),
                 format!("--kafka-topic={}", Self::TOPIC),
                 "--kafka-produce-timeout=2s".into(),
@@ -109,6 +112,7 @@ impl Stack {
             proxy,
             http_url: format!("http://127.0.0.1:{http_port}"),
             grpc_url: format!("http://127.0.0.1:{grpc_port}"),
+            ops_url: format!("http://127.0.0.1:{ops_port}"),
             bin_dir: bin_dir.to_path_buf(),
             ingest,
             consumers: Vec::new(),
@@ -118,7 +122,7 @@ impl Stack {
             logs,
         };
         stack.log_address = if layout.log_through_proxy { stack.proxy.addr.to_string() } else { stack.mongo.address() };
-        let ready = format!("{}/readyz", stack.http_url);
+        let ready = format!("{}/readyz", stack.ops_url);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
             anyhow::ensure!(Instant::now() < deadline, "ingest was not ready within 60 s");

@@ -23,12 +23,17 @@ const READY_TIMEOUT: Duration = Duration::from_millis(3000);
 /// The native producer.
 pub struct Native {
     url: String,
+    ops_url: String,
     timeout: Duration,
 }
 
 impl Native {
     pub fn new(settings: &Settings) -> Self {
-        Native { url: settings.ingest_url.clone(), timeout: Duration::from_millis(settings.ingest_timeout_ms) }
+        Native {
+            url: settings.ingest_url.clone(),
+            ops_url: settings.ingest_ops_url.clone(),
+            timeout: Duration::from_millis(settings.ingest_timeout_ms),
+        }
     }
 
     /// Forwards one checked vote to `POST /wasm/votes`.
@@ -56,9 +61,10 @@ impl Native {
         })
     }
 
-    /// Asks the native side's `/readyz` (which checks Kafka); `Err` says why it is not ready.
+    /// Asks the native side's `/readyz` on its ops port (which checks Kafka, at most once a
+    /// second); `Err` says why it is not ready.
     pub async fn ready(&self) -> Result<(), String> {
-        let url = format!("{}/readyz", self.url);
+        let url = format!("{}/readyz", self.ops_url);
         // About 1 in 50 of these bodiless requests fail at once with "connection reset" under
         // wasmtime 49 (never under strace, never from curl: a race in the runtime's client). The
         // check is idempotent, so a failed exchange is tried again after a pause, twice at most.
@@ -71,7 +77,7 @@ impl Native {
             let request = Request::get(&url)
                 .header("content-length", "0")
                 .body(Body::empty())
-                .map_err(|e| format!("bad INGEST_URL {url:?}: {e}"))?;
+                .map_err(|e| format!("bad INGEST_OPS_URL {url:?}: {e}"))?;
             match client.send(request).await {
                 Ok(response) => break response,
                 Err(e) if attempt == 3 => return Err(format!("the native ingest at {url} did not answer: {e}")),

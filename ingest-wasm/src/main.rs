@@ -33,6 +33,8 @@ use crate::forward::Native;
 pub struct Settings {
     /// The native producer (`bandvote-ingest` with `INGEST_ROUTES=wasm`): `INGEST_URL`.
     pub ingest_url: String,
+    /// The native producer's ops port, where its `/readyz` is: `INGEST_OPS_URL`.
+    pub ingest_ops_url: String,
     /// Longest wait for the native side's answer, in milliseconds: `INGEST_TIMEOUT_MS`. The
     /// native side waits up to its `KAFKA_PRODUCE_TIMEOUT` (5 s) for Kafka, so 7 s by default.
     pub ingest_timeout_ms: u64,
@@ -47,11 +49,15 @@ impl Settings {
         fn number<T: std::str::FromStr>(name: &str, default: T) -> T {
             std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
         }
-        Settings {
-            ingest_url: std::env::var("INGEST_URL")
+        fn url(name: &str, default: &str) -> String {
+            std::env::var(name)
                 .ok()
                 .filter(|url| !url.trim().is_empty())
-                .map_or_else(|| "http://127.0.0.1:8090".to_owned(), |url| url.trim().trim_end_matches('/').to_owned()),
+                .map_or_else(|| default.to_owned(), |url| url.trim().trim_end_matches('/').to_owned())
+        }
+        Settings {
+            ingest_url: url("INGEST_URL", "http://127.0.0.1:8090"),
+            ingest_ops_url: url("INGEST_OPS_URL", "http://127.0.0.1:9090"),
             ingest_timeout_ms: number("INGEST_TIMEOUT_MS", 7_000),
             max_body_bytes: number("MAX_BODY_BYTES", 256 * 1024),
             max_batch_votes: number("MAX_BATCH_VOTES", 1000),

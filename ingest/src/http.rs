@@ -23,8 +23,8 @@ use crate::{
     reply::{self, ApiError},
 };
 
-/// The OpenAPI 3.1 document of the HTTP port: the HTTP route, the `/grpc/insert` front and the
-/// operational endpoints.
+/// The OpenAPI 3.1 document of the HTTP port: the HTTP route, the `/grpc/insert` front and
+/// `/healthz`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// The paths that take one vote: `/votes` and the original clients' paths.
@@ -136,10 +136,9 @@ mod tests {
     use super::*;
     use crate::publisher::Publisher;
 
-    /// The paths the other routers of the HTTP port serve: the `/grpc/insert` front and the
-    /// operational endpoints.
-    const OTHER_PATHS: [(&str, &str); 5] =
-        [("/grpc/insert", "post"), ("/grpc", "post"), ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get")];
+    /// The paths the other routers of the HTTP port serve: the `/grpc/insert` front and the load
+    /// balancer's health check (readiness and metrics are on the ops port).
+    const OTHER_PATHS: [(&str, &str); 3] = [("/grpc/insert", "post"), ("/grpc", "post"), ("/healthz", "get")];
 
     fn document() -> Value {
         serde_json::from_str(OPENAPI).expect("ingest/openapi.json is JSON")

@@ -36,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{cast::Caster, grpc::VoteService, publisher::Publisher, reply::ApiError};
 
+/// How long a readiness answer is reused: a flood of `/readyz` costs Kafka one metadata request
+/// per this long.
+const READINESS_FRESH: Duration = Duration::from_secs(1);
+
 /// Which routes this process serves. The gRPC route's pod serves `grpc`, the HTTP route's pod
 /// `http`, the Wasm route's producer `wasm`; locally one process serves both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -53,9 +57,13 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: String,
-    /// HTTP port: the HTTP route, the `/grpc/insert` front, `/healthz`, `/readyz`, `/metrics`.
+    /// HTTP port: the HTTP route, the `/grpc/insert` front, and `/healthz` for a load balancer.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
+    /// Operations port: `/healthz`, `/readyz` and `/metrics`, for probes and Prometheus. Keep it
+    /// off every public route.
+    #[arg(long, env = "OPS_PORT", default_value_t = 9090)]
+    pub ops_port: u16,
     /// gRPC port (`bandvote.v1.Votes`, `confproto.getInfo`, health, reflection).
     #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
     pub grpc_port: u16,
@@ -117,6 +125,7 @@ pub struct Ingest {
     caster: Caster,
     http: TcpListener,
     grpc: Option<TcpListener>,
+    ops: TcpListener,
 }
 
 impl Ingest {
@@ -152,11 +161,19 @@ impl Ingest {
         } else {
             None
         };
-        Ok(Ingest { config, caster, http, grpc })
+        let ops = TcpListener::bind((config.host.as_str(), config.ops_port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{} for the ops endpoints", config.host, config.ops_port))?;
+        Ok(Ingest { config, caster, http, grpc, ops })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.local_addr().expect("a bound listener has an address")
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
@@ -165,13 +182,14 @@ impl Ingest {
 
     /// Serves until `shutdown` is cancelled, then drains requests and flushes the producer.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Ingest { config, caster, http, grpc } = self;
+        let Ingest { config, caster, http, grpc, ops } = self;
         let front_target = config
             .grpc_target
             .clone()
             .or_else(|| grpc.as_ref().and_then(|l| l.local_addr().ok()).map(|addr| format!("http://{addr}")));
         let http_addr = http.local_addr()?;
         let grpc_addr = grpc.as_ref().map(TcpListener::local_addr).transpose()?;
+        let ops_addr = ops.local_addr()?;
 
         let admission = limits::Admission::new(
             (config.max_in_flight, config.max_in_flight_bytes, config.max_body_bytes),
@@ -195,26 +213,41 @@ impl Ingest {
             );
         }
         let router = router.layer(axum::middleware::from_fn_with_state(admission.clone(), limits::admit_http));
-        let publisher = caster.publisher().clone();
-        let ready: health::ReadyCheck = Arc::new(move || {
-            let publisher = publisher.clone();
-            Box::pin(async move { publisher.check().await })
-        });
         let router = router
-            .merge(health::routes(ready))
+            // For a load balancer's health check: it asks nothing of Kafka. Readiness is on the ops port.
+            .merge(health::healthz())
             .fallback(|| async {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path; votes go to POST /votes")
             })
             .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
-                let takes = if matches!(uri.path(), "/healthz" | "/readyz" | "/metrics" | "/openapi.json") {
-                    "GET"
-                } else {
-                    "POST with a JSON vote"
-                };
+                let takes =
+                    if matches!(uri.path(), "/healthz" | "/openapi.json") { "GET" } else { "POST with a JSON vote" };
                 ApiError(bandvote_domain::reply::ErrorReply::method_not_allowed(method.as_str(), takes))
             })
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(tower_http::trace::TraceLayer::new_for_http());
+
+        // The ops port. Readiness asks Kafka for the topic's metadata at most once a second,
+        // however often probes, health checks or anyone else ask.
+        let publisher = caster.publisher().clone();
+        let ready: health::ReadyCheck = Arc::new(move || {
+            let publisher = publisher.clone();
+            Box::pin(async move {
+                metrics::counter!("bandvote_ingest_readiness_checks_total").increment(1);
+                publisher.check().await
+            })
+        });
+        let ops_router: Router = health::routes(health::cached(ready, READINESS_FRESH))
+            .fallback(|| async {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such path; this port serves /healthz, /readyz and /metrics",
+                )
+            })
+            .method_not_allowed_fallback(|method: axum::http::Method| async move {
+                ApiError(bandvote_domain::reply::ErrorReply::method_not_allowed(method.as_str(), "GET"))
+            });
 
         let grace = config.shutdown_grace;
         let stopped = shutdown.clone();
@@ -225,7 +258,9 @@ impl Ingest {
         });
         let http_server = axum::serve(http, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { stopped.cancelled().await });
-        tracing::info!(%http_addr, grpc_addr = ?grpc_addr, routes = ?config.routes, "ingest listening");
+        let stopped = shutdown.clone();
+        let ops_server = axum::serve(ops, ops_router).with_graceful_shutdown(async move { stopped.cancelled().await });
+        tracing::info!(%http_addr, grpc_addr = ?grpc_addr, %ops_addr, routes = ?config.routes, "ingest listening");
 
         let grpc_server = grpc.map(|listener| {
             let service = VoteService::new(caster.clone(), config.max_batch_votes, admission.clone());
@@ -256,14 +291,16 @@ impl Ingest {
         });
 
         let serve = async {
-            match grpc_server {
-                Some(grpc_server) => {
-                    let (http, grpc) = tokio::join!(http_server, grpc_server);
-                    http?;
-                    grpc
+            let grpc_server = async {
+                match grpc_server {
+                    Some(grpc_server) => grpc_server.await,
+                    None => Ok(()),
                 }
-                None => Ok(http_server.await?),
-            }
+            };
+            let (http, grpc, ops) = tokio::join!(http_server, grpc_server, ops_server);
+            http?;
+            ops?;
+            grpc
         };
         tokio::pin!(serve);
         tokio::select! {

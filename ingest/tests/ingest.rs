@@ -11,10 +11,13 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 mod cluster;
+mod ops_port;
 
 struct Ingest {
     http: SocketAddr,
     grpc: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    ops: SocketAddr,
     topic: String,
     brokers: String,
     stop: CancellationToken,
@@ -27,10 +30,10 @@ impl Ingest {
         let topic = format!("votes-{}", unique(name));
         let config = bandvote_ingest::Config::parse_from(services.ingest_args(&topic, extra));
         let ingest = bandvote_ingest::Ingest::build(config).await.expect("ingest starts");
-        let (http, grpc) = (ingest.http_addr(), ingest.grpc_addr().expect("gRPC served"));
+        let (http, grpc, ops) = (ingest.http_addr(), ingest.grpc_addr().expect("gRPC served"), ingest.ops_addr());
         let stop = CancellationToken::new();
         tokio::spawn(ingest.run_until_stopped(stop.clone()));
-        Ingest { http, grpc, topic, brokers: services.kafka_brokers, stop, client: reqwest::Client::new() }
+        Ingest { http, grpc, ops, topic, brokers: services.kafka_brokers, stop, client: reqwest::Client::new() }
     }
 
     async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
@@ -56,6 +59,11 @@ impl Ingest {
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, body.to_string()).await
     }
+}
+
+/// The metrics page of the ops port at `ops` (a URL).
+async fn metrics_text(client: &reqwest::Client, ops: &str) -> String {
+    client.get(format!("{ops}/metrics")).send().await.expect("answers").text().await.expect("text")
 }
 
 impl Drop for Ingest {
@@ -226,10 +234,14 @@ async fn each_bad_input_gets_its_clear_error_and_nothing_of_it_reaches_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_metrics_and_reflection_answer() {
     let ingest = Ingest::start("ops", &[]).await;
-    let get = |path: &str| ingest.client.get(format!("http://{}{path}", ingest.http)).send();
+    let get = |path: &str| ingest.client.get(format!("http://{}{path}", ingest.ops)).send();
     assert_eq!(get("/healthz").await.expect("answers").status().as_u16(), 200);
-    let ready = get("/readyz").await.expect("answers");
-    assert_eq!(ready.status().as_u16(), 200, "{:?}", ready.text().await);
+    // Ready once Kafka has the new topic in its metadata.
+    bandvote_testkit::wait_for("ingest to be ready", std::time::Duration::from_secs(15), || async {
+        let ready = get("/readyz").await.map_err(|e| e.to_string())?;
+        if ready.status().is_success() { Ok(()) } else { Err(ready.text().await.unwrap_or_default()) }
+    })
+    .await;
     let (status, _) = ingest.post("/votes", &json!({"name": "A", "album": "B", "year": "1997", "rank": "1"})).await;
     assert_eq!(status, 200);
     let (status, _) = ingest.post("/votes", &json!({"name": "A"})).await;
@@ -277,33 +289,66 @@ async fn reflection_lists_both_vote_services() {
     }
 }
 
+/// The ingest binary as a process of its own, on free ports, publishing to `topic`; killed when
+/// dropped.
+struct IngestProcess {
+    child: std::process::Child,
+    /// The HTTP port's URL.
+    url: String,
+    /// The ops port's URL.
+    ops: String,
+    client: reqwest::Client,
+}
+
+impl IngestProcess {
+    /// Starts it and waits until it is ready.
+    async fn start(topic: &str) -> Self {
+        let services = Services::local();
+        let free_port =
+            || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+        let (http_port, grpc_port, ops_port) = (free_port(), free_port(), free_port());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bandvote-ingest"))
+            .args([
+                format!("--port={http_port}"),
+                format!("--grpc-port={grpc_port}"),
+                format!("--ops-port={ops_port}"),
+                format!("--kafka-brokers={}", services.kafka_brokers),
+                format!("--kafka-topic={topic}"),
+            ])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("the ingest binary starts");
+        let process = IngestProcess {
+            child,
+            url: format!("http://127.0.0.1:{http_port}"),
+            ops: format!("http://127.0.0.1:{ops_port}"),
+            client: reqwest::Client::new(),
+        };
+        bandvote_testkit::wait_for("ingest to be ready", std::time::Duration::from_secs(30), || async {
+            match process.client.get(format!("{}/readyz", process.ops)).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        process
+    }
+}
+
+impl Drop for IngestProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
     let services = Services::local();
     let topic = format!("votes-{}", unique("sigterm"));
-    let free_port =
-        || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
-    let (http_port, grpc_port) = (free_port(), free_port());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bandvote-ingest"))
-        .args([
-            format!("--port={http_port}"),
-            format!("--grpc-port={grpc_port}"),
-            format!("--kafka-brokers={}", services.kafka_brokers),
-            format!("--kafka-topic={topic}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("the ingest binary starts");
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{http_port}");
-    bandvote_testkit::wait_for("ingest to be ready", std::time::Duration::from_secs(30), || async {
-        match client.get(format!("{url}/readyz")).send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(r.status().to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
+    let mut ingest = IngestProcess::start(&topic).await;
+    let (client, url) = (ingest.client.clone(), ingest.url.clone());
     // Four senders cast votes back to back until ingest stops taking connections; SIGTERM comes
     // while they are at it. Every answer that arrives must be whole, and every accepted vote in Kafka.
     let senders: Vec<_> = (0..4)
@@ -324,14 +369,15 @@ async fn sigterm_finishes_in_flight_work_and_exits_cleanly() {
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+    let status =
+        std::process::Command::new("kill").arg("-TERM").arg(ingest.child.id().to_string()).status().expect("kill");
     assert!(status.success());
     let mut accepted = Vec::new();
     for sender in senders {
         accepted.extend(sender.await.expect("the sender ends when ingest stops"));
     }
     assert!(!accepted.is_empty(), "votes were accepted before SIGTERM");
-    let exit = child.wait().expect("ingest exits");
+    let exit = ingest.child.wait().expect("ingest exits");
     assert!(exit.success(), "ingest exits cleanly on SIGTERM, got {exit}");
     let mut in_kafka: Vec<String> = read_topic(&services.kafka_brokers, &topic)
         .into_iter()

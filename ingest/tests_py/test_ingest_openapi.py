@@ -33,12 +33,13 @@ VOTE_OPERATIONS = [
 def ingest(tmp_path) -> str:
     """A real ingest on free loopback ports, publishing to a topic of its own. Returns its URL."""
     run_id = uuid.uuid4().hex[:12]
-    port = free_port()
+    port, ops_port = free_port(), free_port()
     env = {
         **os.environ,
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "GRPC_PORT": str(free_port()),
+        "OPS_PORT": str(ops_port),
         "INGEST_ROUTES": "grpc,http",
         "KAFKA_BROKERS": need_env("KAFKA_BROKERS"),
         "KAFKA_TOPIC": f"pytest-schemathesis-{run_id}",
@@ -48,7 +49,7 @@ def ingest(tmp_path) -> str:
     log = tmp_path / "ingest.log"
     proc = _start(binary("bandvote-ingest"), env, log)
     try:
-        _wait_ready(proc, f"http://127.0.0.1:{port}/readyz", log)
+        _wait_ready(proc, f"http://127.0.0.1:{ops_port}/readyz", log)
         yield f"http://127.0.0.1:{port}"
     finally:
         _stop(proc)

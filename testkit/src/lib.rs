@@ -63,6 +63,7 @@ impl Services {
             "bandvote-ingest".to_owned(),
             "--port=0".into(),
             "--grpc-port=0".into(),
+            "--ops-port=0".into(),
             format!("--kafka-brokers={}", self.kafka_brokers),
             format!("--kafka-topic={topic}"),
         ];

@@ -28,15 +28,16 @@ struct WasmFront {
 }
 
 impl WasmFront {
-    /// Starts the component, forwarding to `ingest_url`, and waits until it answers `/healthz`.
-    async fn start(ingest_url: &str, env: &[(&str, &str)]) -> Self {
+    /// Starts the component, forwarding to `native`, and waits until it answers `/healthz`.
+    async fn start(native: &Native, env: &[(&str, &str)]) -> Self {
         let component = bandvote_testkit::wasm_component();
         let wasmtime = bandvote_testkit::wasmtime();
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("wasmtime")));
         let mut command = Command::new(&wasmtime);
         command.args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")]);
-        command.args(["--env", &format!("INGEST_URL={ingest_url}")]);
+        command.args(["--env", &format!("INGEST_URL={}", native.url)]);
+        command.args(["--env", &format!("INGEST_OPS_URL={}", native.ops_url)]);
         for (name, value) in env {
             command.args(["--env", &format!("{name}={value}")]);
         }
@@ -110,6 +111,8 @@ async fn post_raw(client: &reqwest::Client, base: &str, path: &str, body: impl I
 /// A native ingest in this process, serving only `routes`, publishing to `topic`.
 struct Native {
     url: String,
+    /// Its `/healthz`, `/readyz` and `/metrics`.
+    ops_url: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -121,10 +124,10 @@ impl Native {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let config = bandvote_ingest::Config::parse_from(services.ingest_args(topic, &args));
         let ingest = bandvote_ingest::Ingest::build(config).await.expect("the native ingest starts");
-        let addr: SocketAddr = ingest.http_addr();
+        let (addr, ops): (SocketAddr, SocketAddr) = (ingest.http_addr(), ingest.ops_addr());
         let stop = CancellationToken::new();
         let task = tokio::spawn(ingest.run_until_stopped(stop.clone()));
-        Native { url: format!("http://{addr}"), stop, task }
+        Native { url: format!("http://{addr}"), ops_url: format!("http://{ops}"), stop, task }
     }
 
     /// Stops it and waits until its port is closed.
@@ -139,7 +142,7 @@ async fn the_wasm_route_counts_each_vote_once_as_route_wasm() {
     let pipeline = Pipeline::start("wasm-route").await;
     let consumer = pipeline.consume_in_process().await;
     let producer = Native::start(&pipeline.services, &pipeline.topic, "wasm", &[]).await;
-    let front = WasmFront::start(&producer.url, &[]).await;
+    let front = WasmFront::start(&producer, &[]).await;
     assert_eq!(front.get("/healthz").await, (200, json!({"status": "ok"})));
     assert_eq!(front.get("/readyz").await, (200, json!({"status": "ready"})));
 
@@ -209,7 +212,7 @@ async fn the_wasm_route_refuses_bad_input_exactly_like_the_native_route() {
     // The native HTTP route to compare with, and the Wasm route's producer, with the same settings.
     let native = Native::start(&services, &topic, "http", &limits).await;
     let producer = Native::start(&services, &topic, "wasm", &limits).await;
-    let front = WasmFront::start(&producer.url, &[("MAX_BODY_BYTES", "4096"), ("MAX_BATCH_VOTES", "10")]).await;
+    let front = WasmFront::start(&producer, &[("MAX_BODY_BYTES", "4096"), ("MAX_BATCH_VOTES", "10")]).await;
     let client = reqwest::Client::new();
 
     let good = json!({"name": "Alux Nahual", "album": "Conquista", "year": "1990", "rank": "9.5"});
@@ -296,7 +299,7 @@ async fn the_wasm_route_answers_503_when_the_native_side_is_down() {
     let services = Services::local();
     let topic = format!("votes-{}", unique("wasm-down"));
     let producer = Native::start(&services, &topic, "wasm", &[]).await;
-    let front = WasmFront::start(&producer.url, &[]).await;
+    let front = WasmFront::start(&producer, &[]).await;
     let (status, reply) = front.post("/wasm/votes", &json_vote(1)).await;
     let first = accepted_id(status, &reply);
 
@@ -321,7 +324,7 @@ async fn the_wasm_route_answers_503_when_the_native_side_is_down() {
 
     // A native ingest that does not serve the Wasm route is no success either.
     let http_only = Native::start(&services, &topic, "http", &[]).await;
-    let misrouted = WasmFront::start(&http_only.url, &[]).await;
+    let misrouted = WasmFront::start(&http_only, &[]).await;
     let (status, reply) = misrouted.post("/wasm/votes", &json_vote(5)).await;
     assert_eq!((status, reply["error"]["code"].as_str()), (503, Some("unavailable")), "{reply}");
     assert!(reply["error"]["message"].as_str().is_some_and(|m| m.contains("INGEST_ROUTES=wasm")), "{reply}");
