@@ -148,7 +148,8 @@ pub async fn run(config: &OverloadConfig) -> anyhow::Result<OverloadReport> {
         format!("--max-in-flight={}", config.max_in_flight),
         "--rate-limit-per-client=200".into(),
         "--rate-limit-burst=200".into(),
-        "--trust-forwarded-for=true".into(),
+        // The load names each client in X-Forwarded-For, as one proxy in front of ingest would.
+        "--trusted-proxies=1".into(),
     ];
     let layout = Layout { ingest_args: ingest_args.into(), ..Layout::default() };
     let stack = Stack::start_with(&bin_dir, &layout).await?;

@@ -9,7 +9,7 @@ use bandvote_domain::{VoteId, reply::ErrorReply};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use wstd::http::{Body, Client, Method, Request, Response, StatusCode};
+use wstd::http::{Body, Client, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::{Settings, json_response};
 
@@ -25,14 +25,19 @@ pub struct Native {
     url: String,
     ops_url: String,
     timeout: Duration,
+    /// The request's `X-Forwarded-For`, passed on as it came so that the native side's per-client
+    /// limit sees the addresses the proxies in front of the pod appended (the component cannot see
+    /// its own peer, so it appends nothing; the native side is reachable only from inside the pod).
+    forwarded_for: Option<HeaderValue>,
 }
 
 impl Native {
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(settings: &Settings, forwarded_for: Option<HeaderValue>) -> Self {
         Native {
             url: settings.ingest_url.clone(),
             ops_url: settings.ingest_ops_url.clone(),
             timeout: Duration::from_millis(settings.ingest_timeout_ms),
+            forwarded_for,
         }
     }
 
@@ -106,16 +111,19 @@ impl Native {
         client.set_between_bytes_timeout(self.timeout);
         let url = format!("{}{path}", self.url);
         let body = body.to_string();
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(&url)
             .header("content-type", "application/json")
-            .header("content-length", body.len())
-            .body(Body::from(body))
-            .map_err(|e| format!("bad INGEST_URL {url:?}: {e}"))?;
+            .header("content-length", body.len());
+        if let Some(forwarded_for) = &self.forwarded_for {
+            request = request.header("x-forwarded-for", forwarded_for.clone());
+        }
+        let request = request.body(Body::from(body)).map_err(|e| format!("bad INGEST_URL {url:?}: {e}"))?;
         let mut response =
             client.send(request).await.map_err(|e| format!("the native ingest at {url} did not answer: {e}"))?;
         let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").cloned();
         let text = response
             .body_mut()
             .str_contents()
@@ -128,6 +136,14 @@ impl Native {
             200 if answer["status"] == "accepted" => Ok(json_response(200, &answer)),
             // Its own refusals (the roster, limits, Kafka unavailable): the same bodies as ours.
             400 | 413 | 503 if answer["error"]["code"].is_string() => Ok(json_response(status, &answer)),
+            // The client is over its rate: the same answer, with when to come back.
+            429 if answer["error"]["code"].is_string() => {
+                let mut refused = json_response(status, &answer);
+                if let Some(retry_after) = retry_after {
+                    refused.headers_mut().insert("retry-after", retry_after);
+                }
+                Ok(refused)
+            }
             404 | 405 => {
                 Err(format!("the native ingest at {url} does not serve the Wasm route (it needs INGEST_ROUTES=wasm)"))
             }

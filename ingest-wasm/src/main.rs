@@ -24,7 +24,7 @@ use bandvote_domain::{
     reply::{self, ErrorReply},
 };
 use serde_json::{Value, json};
-use wstd::http::{Body, BodyExt, Error, Method, Request, Response, StatusCode};
+use wstd::http::{Body, BodyExt, Error, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::forward::Native;
 
@@ -97,7 +97,11 @@ fn endpoint(path: &str) -> Option<Endpoint> {
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     let settings = Settings::from_env();
     let (parts, body) = request.into_parts();
-    let native = Native::new(&settings);
+    // Every X-Forwarded-For line, in order, as one value.
+    let forwarded_for: Vec<&[u8]> = parts.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
+    let forwarded_for =
+        (!forwarded_for.is_empty()).then(|| HeaderValue::from_bytes(&forwarded_for.join(&b", "[..])).ok()).flatten();
+    let native = Native::new(&settings, forwarded_for);
     let method = parts.method.to_string();
     let answer = match (endpoint(parts.uri.path()), parts.method) {
         (Some(Endpoint::Vote), Method::POST) => cast_one(&settings, &native, body).await,

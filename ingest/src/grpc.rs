@@ -1,6 +1,8 @@
 //! The gRPC route: `bandvote.v1.Votes` (unary `Cast`, client-streaming `CastBatch`), the original
 //! `confproto.getInfo/returnInfo`, gRPC health and reflection.
 
+use std::net::SocketAddr;
+
 use bandvote_domain::{InvalidVote, Route, ballot::BallotInput};
 use bandvote_proto::{
     confproto::{self, get_info_server::GetInfo},
@@ -11,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     cast::{BatchError, CastError, Caster, Delivery, NOOP_HEADER, rejected},
-    limits::{Admission, Admitted},
+    limits::{Admission, Admitted, Budget, FRONT_CLIENT, Refusal, X_FORWARDED_FOR},
 };
 
 /// Largest gRPC message accepted, in bytes.
@@ -33,11 +35,30 @@ impl VoteService {
         self.caster.delivery(request.metadata().contains_key(NOOP_HEADER))
     }
 
-    /// Admits a call of about `bytes` (see [`crate::limits`]); it holds its place until answered.
-    fn admit<T>(&self, request: &Request<T>, bytes: usize) -> Result<Admitted, Status> {
-        let peer = request.remote_addr().map(|addr| addr.ip());
-        let client = self.admission.client(peer, &request.metadata().clone().into_headers());
-        self.admission.admit(client, bytes).map_err(|refusal| refusal.status())
+    /// Admits a call of about `bytes` (see [`crate::limits`]), charging its client one vote; it
+    /// holds its place until answered. Returns what the client may still spend.
+    ///
+    /// The client is the peer, or the address `TRUSTED_PROXIES` picks from the `x-forwarded-for`
+    /// metadata (Google's proxy in front of the Gateway appends to it as the Ingress's does to the
+    /// header). A call from this host's own HTTP front names its client in [`FRONT_CLIENT`]: the
+    /// front admitted and charged the vote already, so it is not charged again. Only a call from
+    /// this host is believed (a loopback peer, or the peer address being the one it connected to):
+    /// the front and the server are one process in one pod, and a caller outside the pod cannot
+    /// connect from either address, so nobody else can name a client or skip the charge.
+    fn admit<T>(&self, request: &Request<T>, bytes: usize) -> Result<(Admitted, Budget), Status> {
+        let peer = request.remote_addr();
+        let front_client = request.metadata().get(FRONT_CLIENT).and_then(|v| v.to_str().ok()?.parse().ok());
+        if let (Some(peer), Some(client)) = (peer, front_client)
+            && from_this_host(peer, request.local_addr())
+        {
+            let admitted = self.admission.admit_charged(bytes).map_err(|refusal| refusal.status())?;
+            return Ok((admitted, self.admission.budget(Some(client))));
+        }
+        let forwarded_for = request.metadata().get_all(X_FORWARDED_FOR);
+        let client =
+            self.admission.client(peer.map(|addr| addr.ip()), forwarded_for.iter().map(|v| v.as_encoded_bytes()));
+        let admitted = self.admission.admit(client, bytes).map_err(|refusal| refusal.status())?;
+        Ok((admitted, self.admission.budget(client)))
     }
 
     async fn cast_one(&self, input: BallotInput, delivery: Delivery) -> Result<String, Status> {
@@ -45,6 +66,13 @@ impl VoteService {
         let vote_id = self.caster.cast(Route::Grpc, ballot, delivery).await.map_err(status)?;
         Ok(vote_id.to_string())
     }
+}
+
+/// Whether a connection from `peer` (to `local`) comes from this host: a loopback address, or the
+/// address it connected to.
+fn from_this_host(peer: SocketAddr, local: Option<SocketAddr>) -> bool {
+    let ip = peer.ip().to_canonical();
+    ip.is_loopback() || local.is_some_and(|local| local.ip().to_canonical() == ip)
 }
 
 fn input(vote: &v1::Vote) -> BallotInput {
@@ -89,8 +117,9 @@ impl Votes for VoteService {
 
     async fn cast_batch(&self, request: Request<Streaming<v1::Vote>>) -> Result<Response<v1::CastBatchReply>, Status> {
         // A stream's size is not known before it is read: it takes 1 KiB of the byte budget, then
-        // more as its messages arrive.
-        let mut admitted = self.admit(&request, 1024)?;
+        // more as its messages arrive, and its client one vote, then one more for each further
+        // message (the whole batch is refused past the client's burst).
+        let (mut admitted, budget) = self.admit(&request, 1024)?;
         let (mut read, mut reserved) = (0, 1024);
         let delivery = self.delivery(&request);
         let mut stream = request.into_inner();
@@ -105,6 +134,9 @@ impl Votes for VoteService {
             if inputs.len() == self.max_batch {
                 rejected(Route::Grpc, "too_large", inputs.len() + 1);
                 return Err(Status::resource_exhausted(format!("a batch may hold at most {} votes", self.max_batch)));
+            }
+            if !inputs.is_empty() {
+                budget.next_of_batch(inputs.len() + 1).map_err(Refusal::status)?;
             }
             inputs.push(input(&vote));
         }
@@ -134,5 +166,22 @@ impl GetInfo for VoteService {
         let input = BallotInput::from_proto(&r.name, &r.album, &r.year, &r.rank, "", "");
         let vote_id = self.cast_one(input, delivery).await?;
         Ok(Response::new(confproto::ReplyInfo { info: format!("vote accepted: {vote_id}") }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_call_from_this_host_is_believed_to_come_from_the_front() {
+        let addr = |text: &str| text.parse::<SocketAddr>().expect("an address");
+        assert!(from_this_host(addr("127.0.0.1:40000"), Some(addr("127.0.0.1:50051"))));
+        assert!(from_this_host(addr("[::1]:40000"), None), "loopback");
+        assert!(from_this_host(addr("[::ffff:127.0.0.1]:40000"), None), "loopback seen by a dual-stack socket");
+        assert!(from_this_host(addr("10.8.0.5:40000"), Some(addr("10.8.0.5:50051"))), "the pod's own address");
+        assert!(!from_this_host(addr("10.8.0.6:40000"), Some(addr("10.8.0.5:50051"))), "another pod");
+        assert!(!from_this_host(addr("35.191.0.9:40000"), Some(addr("10.8.0.5:50051"))), "Google's proxy");
+        assert!(!from_this_host(addr("35.191.0.9:40000"), None));
     }
 }

@@ -20,7 +20,7 @@ use tonic::{Code, codegen::http::uri::InvalidUri, transport::Channel};
 use crate::{
     cast::{new_vote_id, rejected},
     http::read_json,
-    limits::Client,
+    limits::{Client, FRONT_CLIENT},
     reply::{self, ApiError},
 };
 
@@ -61,11 +61,12 @@ async fn insert(
     };
     let mut request = tonic::Request::new(vote);
     request.set_timeout(front.timeout);
-    // The gRPC server limits clients by this address when it trusts X-Forwarded-For.
+    // This request was admitted and charged for its client here; the gRPC server, in this same
+    // process, believes this from its own host only and does not charge the vote again.
     if let Some(Extension(Client(ip))) = client
         && let Ok(value) = ip.to_string().parse()
     {
-        request.metadata_mut().insert("x-forwarded-for", value);
+        request.metadata_mut().insert(FRONT_CLIENT, value);
     }
     let reply = front.client.clone().cast(request).await.map_err(|status| from_status(status, &vote_id))?;
     let vote_id = VoteId::parse(&reply.get_ref().vote_id).map_err(|e| {

@@ -8,7 +8,7 @@
 //! only after Kafka's acknowledgement.
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::{
     cast::{Caster, NOOP_HEADER, rejected},
+    limits::{Budget, Refusal},
     reply::{self, ApiError},
 };
 
@@ -76,20 +77,27 @@ async fn cast_one(
 }
 
 /// Takes a JSON array of votes, or `{"votes": [...]}`; all are checked before any is published.
+/// The client's rate limit is charged a vote for each vote of the batch (the first at admission).
 async fn cast_batch(
     State(http): State<HttpRoute>,
+    budget: Option<Extension<Budget>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Response> {
     let route = http.route;
-    let value = read_json(route, body)?;
+    let value = read_json(route, body).map_err(IntoResponse::into_response)?;
     let votes = bodies::batch_votes(value, usize::MAX).map_err(|refused| {
         rejected(route, "malformed", 1);
-        ApiError(refused)
+        ApiError(refused).into_response()
     })?;
     if votes.len() > http.limits.max_batch {
         rejected(route, "too_large", votes.len());
-        return Err(bodies::ErrorReply::batch_too_large(http.limits.max_batch, votes.len()).into());
+        return Err(
+            ApiError::from(bodies::ErrorReply::batch_too_large(http.limits.max_batch, votes.len())).into_response()
+        );
+    }
+    if let Some(Extension(budget)) = budget {
+        budget.rest_of_batch(votes.len()).map_err(Refusal::response)?;
     }
     let mut inputs = Vec::with_capacity(votes.len());
     let mut not_objects = Vec::new();
@@ -101,10 +109,12 @@ async fn cast_batch(
     }
     if !not_objects.is_empty() {
         rejected(route, "invalid", not_objects.len());
-        return Err(crate::cast::BatchError::Invalid { total: votes.len(), invalid: not_objects }.into());
+        let invalid = crate::cast::BatchError::Invalid { total: votes.len(), invalid: not_objects };
+        return Err(ApiError::from(invalid).into_response());
     }
     let delivery = http.caster.delivery(headers.contains_key(NOOP_HEADER));
-    let vote_ids = http.caster.cast_all(route, &inputs, delivery).await?;
+    let vote_ids =
+        http.caster.cast_all(route, &inputs, delivery).await.map_err(|e| ApiError::from(e).into_response())?;
     Ok(reply::accepted_all(&vote_ids).into_response())
 }
 

@@ -21,7 +21,12 @@ pub mod limits;
 pub mod publisher;
 pub mod reply;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, serve::ListenerExt as _};
@@ -96,16 +101,22 @@ pub struct Config {
     /// Longest time one vote request may take before it is answered 503 `timeout` (gRPC `CANCELLED`).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Requests per second one client may send (0: no limit); over it, 429 `rate_limited`.
+    /// Votes per second one client may send (0: no limit); over it, 429 `rate_limited`. A batch
+    /// of n votes counts n.
     #[arg(long, env = "RATE_LIMIT_PER_CLIENT", default_value_t = 0.0)]
     pub rate_limit_per_client: f64,
-    /// Requests one client may send at once before its rate applies.
+    /// Votes one client may send at once before its rate applies; a larger batch is refused.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 50.0)]
     pub rate_limit_burst: f64,
-    /// Take the client's address from the first `X-Forwarded-For` hop (behind a trusted proxy such as
-    /// the ingress, or the `/grpc/insert` front).
-    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
-    pub trust_forwarded_for: bool,
+    /// How many addresses the trusted proxies in front of ingest append to `X-Forwarded-For`
+    /// (gRPC: `x-forwarded-for` metadata). 0: the client is the peer address. N: the client is the
+    /// N-th address from the right, the one the outermost trusted proxy saw. Google's external
+    /// Application Load Balancer appends two, so 2 behind it.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value_t = 0)]
+    pub trusted_proxies: usize,
+    /// Replaced by TRUSTED_PROXIES; when set, ingest refuses to start rather than guess.
+    #[arg(long, env = "TRUST_FORWARDED_FOR", hide = true)]
+    pub trust_forwarded_for: Option<String>,
     /// Honour the `x-bandvote-noop` header (gRPC metadata) on every vote path: check, stamp and
     /// encode the vote, then answer without Kafka. For benchmarks only; never in production.
     #[arg(long, env = "NOOP_ROUTES", default_value_t = false, action = clap::ArgAction::Set)]
@@ -131,6 +142,13 @@ pub struct Ingest {
 impl Ingest {
     /// Binds the listeners, creates the producer and (when allowed) the topics.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if let Some(old) = &config.trust_forwarded_for {
+            anyhow::bail!(
+                "TRUST_FORWARDED_FOR (--trust-forwarded-for={old}) is replaced by TRUSTED_PROXIES: the number of \
+                 addresses the trusted proxies in front of ingest append to X-Forwarded-For (2 behind Google's \
+                 load balancer, 0 for none); the client is that many addresses from the right"
+            );
+        }
         let roster = match &config.roster_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -183,10 +201,18 @@ impl Ingest {
     /// Serves until `shutdown` is cancelled, then drains requests and flushes the producer.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Ingest { config, caster, http, grpc, ops } = self;
-        let front_target = config
-            .grpc_target
-            .clone()
-            .or_else(|| grpc.as_ref().and_then(|l| l.local_addr().ok()).map(|addr| format!("http://{addr}")));
+        // The front reaches this process's own gRPC server over loopback, so that the server can
+        // tell its calls from those of anyone else (see `grpc::VoteService`).
+        let front_target = config.grpc_target.clone().or_else(|| {
+            let mut addr = grpc.as_ref()?.local_addr().ok()?;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            Some(format!("http://{addr}"))
+        });
         let http_addr = http.local_addr()?;
         let grpc_addr = grpc.as_ref().map(TcpListener::local_addr).transpose()?;
         let ops_addr = ops.local_addr()?;
@@ -194,7 +220,7 @@ impl Ingest {
         let admission = limits::Admission::new(
             (config.max_in_flight, config.max_in_flight_bytes, config.max_body_bytes),
             Some((config.rate_limit_per_client, config.rate_limit_burst)),
-            config.trust_forwarded_for,
+            limits::ClientAddress { trusted_proxies: config.trusted_proxies },
             config.request_timeout,
         );
         let mut router = Router::new();

@@ -5,10 +5,17 @@
 //!   once with 503 `overloaded` / `RESOURCE_EXHAUSTED` instead of waiting in a queue. A request's
 //!   working memory grows with its body (a batch of 1000 votes, 90 KB of JSON, takes a few MB
 //!   parsed, checked and queued for Kafka), so the byte budget is what bounds memory.
-//! * Per client (optional): a token bucket of `RATE_LIMIT_PER_CLIENT` requests per second with a
-//!   burst of `RATE_LIMIT_BURST`, keyed by the client's address (or the first `X-Forwarded-For`
-//!   hop behind a trusted proxy). Over it: 429 `rate_limited` / `RESOURCE_EXHAUSTED` with
-//!   `Retry-After`. The buckets of at most `MAX_TRACKED_CLIENTS` clients are kept.
+//! * Per client (optional): a token bucket of `RATE_LIMIT_PER_CLIENT` votes per second with a
+//!   burst of `RATE_LIMIT_BURST`. A request takes one token when it is admitted, and a batch one
+//!   more for each further vote it holds ([`Budget`]), so a batch of n votes costs n tokens; a batch
+//!   larger than the burst is refused whole. Over it: 429 `rate_limited` / `RESOURCE_EXHAUSTED`
+//!   with `Retry-After`. The buckets of at most `MAX_TRACKED_CLIENTS` clients are kept.
+//! * The client ([`ClientAddress`]): the peer address, or, behind `TRUSTED_PROXIES` proxies, the
+//!   address the outermost of them saw: the `TRUSTED_PROXIES`-th `X-Forwarded-For` address from
+//!   the right, since each proxy appends to what the client sent. An IPv4 client is keyed by its
+//!   address, an IPv6 client by its /64 (one subscriber's prefix; an IPv4-mapped address is IPv4).
+//!   A call to the gRPC server from this host's own HTTP front carries the client the front
+//!   admitted ([`FRONT_CLIENT`]) and is not charged twice.
 //! * Time: every HTTP vote request ends within `REQUEST_TIMEOUT` (503 `timeout`); gRPC calls get
 //!   the same deadline.
 
@@ -22,7 +29,7 @@ use std::{
 use axum::{
     extract::{ConnectInfo, Request, State},
     http::{
-        HeaderMap, HeaderValue,
+        HeaderValue,
         header::{CONTENT_LENGTH, RETRY_AFTER},
     },
     middleware::Next,
@@ -36,6 +43,15 @@ use crate::reply::ApiError;
 /// Buckets kept at most; past it, full buckets (clients quiet for a while) are dropped first.
 const MAX_TRACKED_CLIENTS: usize = 100_000;
 
+/// The header (and gRPC metadata) to which proxies append the address they took a request from.
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The gRPC metadata with which ingest's HTTP front (`/grpc/insert`) names the client it admitted
+/// (and charged) a vote for. The gRPC server believes it only on a call from its own host: in
+/// production the front and the server are one process in one pod, and nothing outside the pod's
+/// network namespace can connect from a loopback address.
+pub const FRONT_CLIENT: &str = "x-bandvote-front-client";
+
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Refusal {
@@ -46,6 +62,10 @@ pub enum Refusal {
     },
     RateLimited {
         retry_after: Duration,
+    },
+    /// A batch of more votes than a client's whole burst: it can never be admitted.
+    OverBurst {
+        burst: u64,
     },
 }
 
@@ -60,19 +80,37 @@ impl Refusal {
             Refusal::RateLimited { retry_after } => ErrorReply::new(
                 429,
                 "rate_limited",
-                format!("too many requests from this client; try again in {} s", retry_seconds(retry_after)),
+                format!("too many votes from this client; try again in {} s", retry_seconds(retry_after)),
+            ),
+            Refusal::OverBurst { burst } => ErrorReply::new(
+                429,
+                "rate_limited",
+                format!(
+                    "this batch holds more votes than the {burst} one client may send at once (RATE_LIMIT_BURST); \
+                     send smaller batches"
+                ),
             ),
         }
+    }
+
+    /// The HTTP answer: the JSON error, with `Retry-After` when waiting helps.
+    pub fn response(self) -> Response {
+        let mut response = ApiError(self.reply()).into_response();
+        if let Some(wait) = self.retry_after() {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_seconds(wait)));
+        }
+        response
     }
 
     pub fn status(self) -> tonic::Status {
         tonic::Status::resource_exhausted(self.reply().message)
     }
 
-    fn retry_after(self) -> Duration {
+    fn retry_after(self) -> Option<Duration> {
         match self {
-            Refusal::Overloaded { .. } => Duration::from_secs(1),
-            Refusal::RateLimited { retry_after } => retry_after,
+            Refusal::Overloaded { .. } => Some(Duration::from_secs(1)),
+            Refusal::RateLimited { retry_after } => Some(retry_after),
+            Refusal::OverBurst { .. } => None,
         }
     }
 }
@@ -90,7 +128,7 @@ pub struct Admission {
     body_kib: Arc<Semaphore>,
     most_body_kib: usize,
     rate: Option<Arc<RateLimiter>>,
-    trust_forwarded_for: bool,
+    clients: ClientAddress,
     pub request_timeout: Duration,
     largest_body: usize,
 }
@@ -101,7 +139,7 @@ impl Admission {
     pub fn new(
         (most_in_flight, most_bytes, largest_body): (usize, usize, usize),
         per_client: Option<(f64, f64)>,
-        trust_forwarded_for: bool,
+        clients: ClientAddress,
         request_timeout: Duration,
     ) -> Self {
         let most_body_kib = most_bytes.div_ceil(1024).max(1);
@@ -113,18 +151,22 @@ impl Admission {
             rate: per_client
                 .filter(|(rate, _)| *rate > 0.0)
                 .map(|(rate, burst)| Arc::new(RateLimiter::new(rate, burst))),
-            trust_forwarded_for,
+            clients,
             request_timeout,
             largest_body,
         }
     }
 
-    /// Admits one request of about `bytes` from `client`; it holds its place until the answer is
-    /// sent. A request larger than the whole budget is admitted when nothing else is in flight.
+    /// Admits one request of about `bytes` from `client`, charging it one vote; it holds its place
+    /// until the answer is sent. A request larger than the whole budget is admitted when nothing
+    /// else is in flight.
     pub fn admit(&self, client: Option<IpAddr>, bytes: usize) -> Result<Admitted, Refusal> {
-        if let (Some(rate), Some(client)) = (&self.rate, client) {
-            rate.take(client, Instant::now())?;
-        }
+        self.budget(client).spend(1)?;
+        self.admit_charged(bytes)
+    }
+
+    /// Admits a request whose client was charged already (a vote from this host's HTTP front).
+    pub fn admit_charged(&self, bytes: usize) -> Result<Admitted, Refusal> {
         let request = self
             .in_flight
             .clone()
@@ -139,16 +181,98 @@ impl Admission {
         Ok(Admitted { _request: request, body, budget: self.body_kib.clone(), limit: self.most_body_kib * 1024 })
     }
 
-    /// The client a request comes from: the peer, or the first `X-Forwarded-For` hop when the peer
-    /// is a trusted proxy.
-    pub fn client(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-        if self.trust_forwarded_for {
-            let first = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next());
-            if let Some(ip) = first.and_then(|hop| hop.trim().parse().ok()) {
-                return Some(ip);
-            }
-        }
+    /// What `client` may still spend: the further votes of a batch it was admitted for.
+    pub fn budget(&self, client: Option<IpAddr>) -> Budget {
+        Budget { rate: self.rate.clone().zip(client) }
+    }
+
+    /// The client an HTTP request (or a gRPC call, by its metadata) comes from.
+    pub fn client<'a>(&self, peer: Option<IpAddr>, forwarded_for: impl Iterator<Item = &'a [u8]>) -> Option<IpAddr> {
+        self.clients.client(peer, forwarded_for)
+    }
+}
+
+/// Where the client's address comes from: `TRUSTED_PROXIES`, the number of addresses that the
+/// proxies in front of ingest append to `X-Forwarded-For`. With 0 the client is the peer. With
+/// N, it is the N-th address from the right: the proxies append, so the addresses right of it were
+/// written by them and it is the one the outermost trusted proxy saw; whatever a client writes
+/// itself stays left of it. Google's external Application Load Balancer appends two
+/// (`<client-ip>,<load-balancer-ip>`), so behind it N is 2.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientAddress {
+    pub trusted_proxies: usize,
+}
+
+impl ClientAddress {
+    /// The client of a request from `peer` whose `X-Forwarded-For` values are `forwarded_for` (each
+    /// header line, in order). When there are fewer than `trusted_proxies` addresses, or that one
+    /// does not parse, the client is the peer, and the miss is counted in
+    /// `bandvote_ingest_forwarded_for_fallbacks_total{reason}`.
+    pub fn client<'a>(&self, peer: Option<IpAddr>, forwarded_for: impl Iterator<Item = &'a [u8]>) -> Option<IpAddr> {
+        let Some(from_right) = self.trusted_proxies.checked_sub(1) else { return peer };
+        let hops: Vec<&[u8]> = forwarded_for.flat_map(|line| line.split(|&b| b == b',')).collect();
+        let reason = match hops.iter().rev().nth(from_right) {
+            None => "too_few_hops",
+            Some(hop) => match std::str::from_utf8(hop).ok().and_then(|hop| hop.trim().parse().ok()) {
+                Some(ip) => return Some(ip),
+                None => "unparsable",
+            },
+        };
+        metrics::counter!("bandvote_ingest_forwarded_for_fallbacks_total", "reason" => reason).increment(1);
         peer
+    }
+}
+
+/// The key of a client's bucket: an IPv4 address, or the /64 of an IPv6 one (a subscriber gets a
+/// whole /64, so one per address would give each client 2^64 buckets). IPv4-mapped IPv6 addresses
+/// (`::ffff:a.b.c.d`, a dual-stack socket's view of an IPv4 peer) are IPv4.
+fn bucket_key(client: IpAddr) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(prefix.into())
+        }
+    }
+}
+
+/// The rest of a client's budget, for a request that holds more votes than the one it was admitted
+/// with. Without a rate limit (or a client) it allows everything.
+#[derive(Clone)]
+pub struct Budget {
+    rate: Option<(Arc<RateLimiter>, IpAddr)>,
+}
+
+impl Budget {
+    /// Spends `votes` more tokens, or none when there are not that many.
+    pub fn spend(&self, votes: u64) -> Result<(), Refusal> {
+        match &self.rate {
+            Some((rate, client)) if votes > 0 => rate.take(*client, votes, Instant::now()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Charges a batch of `total` votes whose first was charged at admission; a batch larger than
+    /// the whole burst is refused without spending anything.
+    pub fn rest_of_batch(&self, total: usize) -> Result<(), Refusal> {
+        self.within_burst(total)?;
+        self.spend(total.saturating_sub(1) as u64)
+    }
+
+    /// Charges the next vote of a batch read as it arrives (a gRPC stream), which now holds `total`.
+    pub fn next_of_batch(&self, total: usize) -> Result<(), Refusal> {
+        self.within_burst(total)?;
+        self.spend(1)
+    }
+
+    fn within_burst(&self, total: usize) -> Result<(), Refusal> {
+        match &self.rate {
+            Some((rate, _)) if total as f64 > rate.burst => {
+                count_rate_limited(total as u64);
+                Err(Refusal::OverBurst { burst: rate.burst as u64 })
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -179,13 +303,16 @@ impl Admitted {
 #[derive(Debug, Clone, Copy)]
 pub struct Client(pub IpAddr);
 
-/// HTTP middleware for the vote paths: admission, then the request timeout.
+/// HTTP middleware for the vote paths: admission, then the request timeout. The request carries
+/// its [`Client`] and its [`Budget`] to the handlers.
 pub async fn admit_http(State(admission): State<Admission>, mut request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-    let client = admission.client(peer, request.headers());
+    let forwarded_for = request.headers().get_all(X_FORWARDED_FOR);
+    let client = admission.client(peer, forwarded_for.iter().map(HeaderValue::as_bytes));
     if let Some(client) = client {
         request.extensions_mut().insert(Client(client));
     }
+    request.extensions_mut().insert(admission.budget(client));
     // A body without a length may be as large as the body limit allows.
     let length = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     if length.is_some_and(|length| length > admission.largest_body) {
@@ -194,12 +321,7 @@ pub async fn admit_http(State(admission): State<Admission>, mut request: Request
     }
     let _admitted = match admission.admit(client, length.unwrap_or(admission.largest_body)) {
         Ok(permit) => permit,
-        Err(refusal) => {
-            let seconds = retry_seconds(refusal.retry_after());
-            let mut response = ApiError(refusal.reply()).into_response();
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
-            return response;
-        }
+        Err(refusal) => return refusal.response(),
     };
     let timeout = admission.request_timeout;
     match tokio::time::timeout(timeout, next.run(request)).await {
@@ -213,10 +335,16 @@ pub async fn admit_http(State(admission): State<Admission>, mut request: Request
     }
 }
 
-/// Token buckets per client.
+/// Counts votes refused by the per-client limit.
+fn count_rate_limited(votes: u64) {
+    metrics::counter!("bandvote_ingest_rate_limited_votes_total").increment(votes);
+}
+
+/// Token buckets per client, one token per vote.
 struct RateLimiter {
     per_second: f64,
     burst: f64,
+    /// By [`bucket_key`].
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
@@ -231,7 +359,15 @@ impl RateLimiter {
         RateLimiter { per_second, burst: burst.max(1.0), buckets: Mutex::new(HashMap::new()) }
     }
 
-    fn take(&self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
+    /// Takes `votes` tokens from `client`'s bucket, or none when it holds fewer.
+    fn take(&self, client: IpAddr, votes: u64, now: Instant) -> Result<(), Refusal> {
+        self.take_from(bucket_key(client), votes as f64, now).inspect_err(|_| count_rate_limited(votes))
+    }
+
+    fn take_from(&self, client: IpAddr, votes: f64, now: Instant) -> Result<(), Refusal> {
+        if votes > self.burst {
+            return Err(Refusal::OverBurst { burst: self.burst as u64 });
+        }
         let mut buckets = self.buckets.lock().expect("the rate limiter never panics while locked");
         if buckets.len() >= MAX_TRACKED_CLIENTS && !buckets.contains_key(&client) {
             let (rate, burst) = (self.per_second, self.burst);
@@ -247,11 +383,11 @@ impl RateLimiter {
         let bucket = buckets.entry(client).or_insert(Bucket { tokens: self.burst, at: now });
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.per_second).min(self.burst);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= votes {
+            bucket.tokens -= votes;
             Ok(())
         } else {
-            let retry_after = Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second);
+            let retry_after = Duration::from_secs_f64((votes - bucket.tokens) / self.per_second);
             Err(Refusal::RateLimited { retry_after })
         }
     }
@@ -265,18 +401,59 @@ mod tests {
         IpAddr::from([10, 0, 0, last])
     }
 
+    fn admission(most_in_flight: usize, most_bytes: usize) -> Admission {
+        Admission::new((most_in_flight, most_bytes, 1024), None, ClientAddress::default(), Duration::from_secs(1))
+    }
+
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
         let limiter = RateLimiter::new(2.0, 3.0);
         let start = Instant::now();
         for _ in 0..3 {
-            assert_eq!(limiter.take(ip(1), start), Ok(()));
+            assert_eq!(limiter.take(ip(1), 1, start), Ok(()));
         }
-        let Err(Refusal::RateLimited { retry_after }) = limiter.take(ip(1), start) else { panic!("over the burst") };
+        let Err(Refusal::RateLimited { retry_after }) = limiter.take(ip(1), 1, start) else { panic!("over the burst") };
         assert!((retry_after.as_secs_f64() - 0.5).abs() < 1e-6, "{retry_after:?}");
-        assert_eq!(limiter.take(ip(2), start), Ok(()), "clients have their own buckets");
-        assert_eq!(limiter.take(ip(1), start + Duration::from_millis(500)), Ok(()), "refilled at 2 per second");
-        assert!(limiter.take(ip(1), start + Duration::from_millis(500)).is_err());
+        assert_eq!(limiter.take(ip(2), 1, start), Ok(()), "clients have their own buckets");
+        assert_eq!(limiter.take(ip(1), 1, start + Duration::from_millis(500)), Ok(()), "refilled at 2 per second");
+        assert!(limiter.take(ip(1), 1, start + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn a_batch_spends_a_token_per_vote_and_never_more_than_the_burst() {
+        let limiter = RateLimiter::new(1.0, 10.0);
+        let now = Instant::now();
+        assert_eq!(limiter.take(ip(1), 7, now), Ok(()));
+        let Err(Refusal::RateLimited { retry_after }) = limiter.take(ip(1), 4, now) else { panic!("3 left, 4 asked") };
+        assert!((retry_after.as_secs_f64() - 1.0).abs() < 1e-6, "one more token in a second: {retry_after:?}");
+        assert_eq!(limiter.take(ip(1), 3, now), Ok(()), "a refusal spends nothing");
+        assert_eq!(limiter.take(ip(2), 11, now), Err(Refusal::OverBurst { burst: 10 }));
+        assert_eq!(limiter.take(ip(2), 10, now), Ok(()), "the refused batch spent nothing");
+
+        let budget = Budget { rate: Some((Arc::new(RateLimiter::new(1.0, 5.0)), ip(3))) };
+        assert_eq!(budget.rest_of_batch(6), Err(Refusal::OverBurst { burst: 5 }));
+        assert_eq!(budget.rest_of_batch(5), Ok(()), "four more after the one of the admission");
+        assert!(budget.spend(1).is_ok() && budget.spend(1).is_err(), "one token was left");
+        let stream = Budget { rate: Some((Arc::new(RateLimiter::new(1.0, 3.0)), ip(4))) };
+        assert_eq!(stream.next_of_batch(2), Ok(()));
+        assert_eq!(stream.next_of_batch(3), Ok(()));
+        assert_eq!(stream.next_of_batch(4), Err(Refusal::OverBurst { burst: 3 }), "a stream past the burst");
+        assert!(Refusal::OverBurst { burst: 5 }.reply().message.contains("5 one client may send at once"));
+        assert_eq!(Budget { rate: None }.rest_of_batch(1_000_000), Ok(()), "no limit, no charge");
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
+        let v6 = |text: &str| text.parse::<IpAddr>().expect("an address");
+        assert_eq!(bucket_key(v6("2001:db8:1:2:aaaa::1")), bucket_key(v6("2001:db8:1:2:ffff:1:2:3")));
+        assert_ne!(bucket_key(v6("2001:db8:1:2::1")), bucket_key(v6("2001:db8:1:3::1")));
+        assert_eq!(bucket_key(v6("::ffff:203.0.113.7")), v6("203.0.113.7"));
+        assert_eq!(bucket_key(v6("203.0.113.7")), v6("203.0.113.7"));
+        assert_ne!(bucket_key(v6("203.0.113.7")), bucket_key(v6("203.0.113.8")), "IPv4 is keyed per address");
+        let limiter = RateLimiter::new(1.0, 1.0);
+        let now = Instant::now();
+        assert_eq!(limiter.take(v6("2001:db8::1"), 1, now), Ok(()));
+        assert!(limiter.take(v6("2001:db8::2"), 1, now).is_err(), "the same /64");
     }
 
     #[test]
@@ -285,14 +462,14 @@ mod tests {
         let now = Instant::now();
         for n in 0..(MAX_TRACKED_CLIENTS as u32 + 10) {
             let client = IpAddr::from(n.to_be_bytes());
-            let _ = limiter.take(client, now + Duration::from_micros(u64::from(n)));
+            let _ = limiter.take(client, 1, now + Duration::from_micros(u64::from(n)));
         }
         assert!(limiter.buckets.lock().expect("lock").len() <= MAX_TRACKED_CLIENTS);
     }
 
     #[test]
     fn in_flight_requests_are_capped_and_released() {
-        let admission = Admission::new((2, 1 << 20, 1024), None, false, Duration::from_secs(1));
+        let admission = admission(2, 1 << 20);
         let first = admission.admit(None, 100).expect("first");
         let _second = admission.admit(None, 100).expect("second");
         assert_eq!(admission.admit(None, 100).unwrap_err(), Refusal::Overloaded { what: "requests", limit: 2 });
@@ -302,7 +479,7 @@ mod tests {
 
     #[test]
     fn in_flight_bytes_are_capped_and_one_large_request_still_fits() {
-        let admission = Admission::new((100, 10 * 1024, 1024), None, false, Duration::from_secs(1));
+        let admission = admission(100, 10 * 1024);
         let mut big = admission.admit(None, 4 * 1024).expect("4 KiB of 10");
         big.grow(2 * 1024).expect("grows to 6 KiB");
         let refused = admission.admit(None, 5 * 1024).unwrap_err();
@@ -315,13 +492,29 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7, 10.0.0.9"));
+    fn the_client_is_the_address_the_outermost_trusted_proxy_saw() {
         let peer = Some(ip(9));
-        let trusting = Admission::new((1, 1024, 1024), None, true, Duration::from_secs(1));
-        let wary = Admission::new((1, 1024, 1024), None, false, Duration::from_secs(1));
-        assert_eq!(trusting.client(peer, &headers), Some(IpAddr::from([203, 0, 113, 7])));
-        assert_eq!(wary.client(peer, &headers), peer);
+        let client = |trusted_proxies: usize, lines: &[&str]| {
+            ClientAddress { trusted_proxies }.client(peer, lines.iter().map(|line| line.as_bytes()))
+        };
+        let addr = |text: &str| Some(text.parse::<IpAddr>().expect("an address"));
+        // Google's load balancer appends `<client-ip>,<load-balancer-ip>` to what the client sent.
+        let spoofed = ["1.2.3.4, 203.0.113.7,34.120.0.1"];
+        assert_eq!(client(2, &spoofed), addr("203.0.113.7"), "what the client wrote is ignored");
+        assert_eq!(client(0, &spoofed), peer, "no trusted proxy: the peer");
+        assert_eq!(client(1, &spoofed), addr("34.120.0.1"));
+        assert_eq!(client(2, &["1.2.3.4", "203.0.113.7, 34.120.0.1"]), addr("203.0.113.7"), "lines are joined");
+        assert_eq!(client(2, &["2001:db8::7,34.120.0.1"]), addr("2001:db8::7"));
+        // Whatever the client writes in front of the proxies' addresses, even bytes that are not
+        // text, leaves them readable.
+        assert_eq!(
+            ClientAddress { trusted_proxies: 2 }
+                .client(peer, [&b"\xff\xfe,,junk, 203.0.113.7,34.120.0.1"[..]].into_iter()),
+            addr("203.0.113.7")
+        );
+        // Too few addresses, or one that does not parse: the peer.
+        assert_eq!(client(2, &["203.0.113.7"]), peer);
+        assert_eq!(client(2, &[]), peer);
+        assert_eq!(client(2, &["not-an-address, 34.120.0.1"]), peer);
     }
 }

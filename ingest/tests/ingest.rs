@@ -10,6 +10,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+mod client_limits;
 mod cluster;
 mod ops_port;
 
@@ -410,15 +411,14 @@ async fn votes_from(ingest: &Ingest, from: &str, n: usize) -> Vec<(u16, Value, O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_gets_429_others_do_not_and_only_accepted_votes_reach_kafka() {
     let ingest =
-        Ingest::start("rate", &["--rate-limit-per-client=0.5", "--rate-limit-burst=3", "--trust-forwarded-for=true"])
-            .await;
+        Ingest::start("rate", &["--rate-limit-per-client=0.5", "--rate-limit-burst=3", "--trusted-proxies=1"]).await;
     let greedy = votes_from(&ingest, "203.0.113.7", 5).await;
     let statuses: Vec<u16> = greedy.iter().map(|(status, ..)| *status).collect();
     assert_eq!(statuses, [200, 200, 200, 429, 429], "{greedy:?}");
     let (_, refused, retry) = &greedy[3];
     assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
     assert_eq!(retry.as_deref(), Some("2"), "one token comes back every 2 s");
-    let other = votes_from(&ingest, "198.51.100.1, 10.0.0.1", 1).await;
+    let other = votes_from(&ingest, "203.0.113.7, 198.51.100.1", 1).await;
     assert_eq!(other[0].0, 200, "another client has its own budget: {other:?}");
 
     // gRPC: the same budget per client, from the x-forwarded-for metadata.

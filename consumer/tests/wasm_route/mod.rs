@@ -337,3 +337,43 @@ async fn the_wasm_route_answers_503_when_the_native_side_is_down() {
     drop((front, misrouted));
     http_only.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wasm_route_limits_the_client_the_load_balancer_saw() {
+    let services = Services::local();
+    let topic = format!("votes-{}", unique("wasm-rate"));
+    // As in the pod: Google's load balancer in front of the component appends two addresses.
+    let limits = ["--rate-limit-per-client=0.01", "--rate-limit-burst=3", "--trusted-proxies=2"];
+    let producer = Native::start(&services, &topic, "wasm", &limits).await;
+    let front = WasmFront::start(&producer, &[]).await;
+    let client = reqwest::Client::new();
+    let send = |path: &'static str, body: Value, forwarded_for: String| {
+        let request = client.post(format!("{}{path}", front.url)).header("x-forwarded-for", forwarded_for);
+        async move {
+            let response = request.json(&body).send().await.expect("the component answers");
+            let retry = response.headers().get("retry-after").map(|v| v.to_str().expect("ASCII").to_owned());
+            (response.status().as_u16(), retry, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    // The client writes a new first address each time; the balancer appends the one it saw.
+    let mut answers = Vec::new();
+    for n in 0..4 {
+        answers.push(send("/wasm/votes", json_vote(n), format!("1.2.3.{n}, 203.0.113.7,34.120.0.1")).await);
+    }
+    let statuses: Vec<u16> = answers.iter().map(|(status, ..)| *status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429], "{answers:?}");
+    let (_, retry, refused) = &answers[3];
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    assert_eq!(retry.as_deref(), Some("100"), "the native side's Retry-After (a token per 100 s) is passed on");
+    // A batch costs a token per vote: another client's batch of 3 spends its whole burst.
+    let other = || "203.0.113.8,34.120.0.1".to_owned();
+    let (status, _, reply) =
+        send("/wasm/votes/batch", json!([json_vote(10), json_vote(11), json_vote(12)]), other()).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, _, reply) = send("/wasm/votes", json_vote(13), other()).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (429, Some("rate_limited")), "{reply}");
+
+    assert_eq!(read_topic(&services.kafka_brokers, &topic).len(), 3 + 3, "only accepted votes reach Kafka");
+    drop(front);
+    producer.stop().await;
+}
