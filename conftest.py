@@ -72,7 +72,7 @@ def kustomize() -> str:
 
 @pytest.fixture(scope="session")
 def crd_dir() -> Path:
-    """Where `dev/tools install k8s-schemas` put the CRDs (strimzi/, gateway-api/)."""
+    """Where `dev/tools install k8s-schemas` put the CRDs (strimzi/, gateway-api/, gke/)."""
     path = CACHE / "schemas"
     if not (path / ".stamp").is_file():
         pytest.fail(f"no CRD schemas in {path}: run `dev/tools install k8s-schemas` (dev/pytest does)")

@@ -4,7 +4,7 @@
   is filled from its committed `.example`, so the real credentials never need to exist here.
 - `schema_errors` validates each object: built-in kinds against the Kubernetes OpenAPI schemas
   (kubernetes-validate, strict: unknown fields are errors), custom resources against the CRDs
-  that `dev/tools install k8s-schemas` caches (Strimzi, Gateway API).
+  that `dev/tools install k8s-schemas` caches (Strimzi, Gateway API, GKE's BackendConfig).
 - `reference_errors` follows every reference between objects (Service selectors and ports,
   Ingress and HTTPRoute backends, Secret and ConfigMap keys, volumes, PVCs, service accounts,
   the HPA target, PDB selectors, Strimzi cluster labels, `<service>.<namespace>.svc` addresses in

@@ -32,7 +32,7 @@ def crds(crd_dir):
     loaded = load_crds(crd_dir)
     for needed in [("kafka.strimzi.io/v1", k) for k in ("Kafka", "KafkaNodePool", "KafkaTopic")] + [
         ("gateway.networking.k8s.io/v1", k) for k in ("Gateway", "HTTPRoute")
-    ]:
+    ] + [("cloud.google.com/v1", "BackendConfig")]:
         assert needed in loaded, f"the cached CRDs lack {needed}; run dev/tools install k8s-schemas"
     return loaded
 
@@ -196,6 +196,9 @@ def test_a_custom_resource_that_breaks_its_crd_is_reported(rendered, crds):
     route = _find(objects, "HTTPRoute", "ingest-grpc")
     route["spec"]["rules"][0]["backendRefs"][0]["port"] = "grpc"
     assert any("port" in e for e in crd_errors(route, crds))
+    health = _find(objects, "BackendConfig", "ingest-serving-health")
+    health["spec"]["healthCheck"]["requestPaths"] = ["/healthz"]
+    assert any("requestPaths" in e for e in crd_errors(health, crds))
 
 
 def test_a_built_in_object_that_breaks_its_schema_is_reported(rendered, crds):
