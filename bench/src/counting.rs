@@ -2,11 +2,13 @@
 //!
 //! Feeds votes straight into the consumer's counting step ([`Tally::apply`], the same script and
 //! arguments a consumer sends) against a private Redis with its append-only file on, as in
-//! production: partitions of 170 votes (a 500-vote batch spread over three partitions), UUIDv7 ids
-//! like the ones ingest gives, acceptance times spread at `--rate` votes per second from now. At
+//! production: votes in the partition their key goes to, counted in batches of about 170 votes per
+//! partition (a 500-vote batch spread over three partitions), every partition's batch at once,
+//! UUIDv7 ids like the ones ingest gives, acceptance times spread at `--rate` votes per second
+//! from now. At
 //! every checkpoint it reads Redis's `INFO` and reports the memory per vote (all of it: tallies,
-//! positions, re-send sets), the keys, evictions, the time per vote and Redis's own CPU per vote,
-//! and, from one consumer's view, how long the re-send window still is.
+//! positions, re-send memory, voter counts), the keys, evictions, the time per vote and Redis's own
+//! CPU per vote, how long the re-send window still is, and at the end the memory of each kind of key.
 
 use std::{
     fmt::Write as _,
@@ -14,7 +16,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bandvote_consumer::tally::{Applied, Origin, PartitionBatch, Tally};
+use bandvote_consumer::tally::{Applied, Origin, PartitionBatch, Rules, Tally};
 use bandvote_domain::{
     Ballot, RedisKeys, Route, VoteEvent,
     ballot::{BallotInput, VoteId},
@@ -46,12 +48,16 @@ pub struct CountingConfig {
     /// Redis `maxmemory` (for example `64mb`; the policy is `volatile-ttl`). None by default.
     #[arg(long)]
     pub maxmemory: Option<String>,
-    /// Counting steps in flight at once, as from that many consumer replicas.
-    #[arg(long, default_value_t = 3)]
-    pub concurrency: usize,
     /// Redis's append-only file (`yes`, as in production, or `no`, to see its share of the cost).
     #[arg(long, default_value = "yes")]
     pub appendonly: String,
+    /// Votes name one of this many voters (0: no voter), under a rule of `--max-votes` per voter, to
+    /// see what the voters' counts cost.
+    #[arg(long, default_value_t = 0)]
+    pub voters: u64,
+    /// The per-voter rule with `--voters`.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_votes: u32,
 }
 
 /// One checkpoint.
@@ -66,7 +72,7 @@ pub struct Checkpoint {
     pub window: Option<Duration>,
 }
 
-/// Votes of one partition batch.
+/// Votes of one partition batch, about: a 500-vote batch spread over three partitions.
 const PER_PARTITION: usize = 170;
 
 /// Runs the measurement and returns the checkpoints and the Markdown report.
@@ -80,7 +86,10 @@ pub async fn run(config: &CountingConfig) -> anyhow::Result<(Vec<Checkpoint>, St
     })
     .await?;
     let keys = RedisKeys::new("bandvote");
-    let tally = Tally::connect(&redis.url(), keys, "votes", config.resend_window).await?;
+    let mut tally = Tally::connect(&redis.url(), keys, "votes", config.resend_window).await?;
+    if config.voters > 0 {
+        tally = tally.with_rules(Rules { max_votes: Some(config.max_votes), ..Rules::default() });
+    }
     let mut connection = redis::Client::open(redis.url())?.get_multiplexed_async_connection().await?;
     let baseline = info(&mut connection).await?;
 
@@ -93,42 +102,35 @@ pub async fn run(config: &CountingConfig) -> anyhow::Result<(Vec<Checkpoint>, St
     let mut last_report = 0u64;
     let mut window = None;
     while sent < config.votes {
-        // One round: a batch per partition for `concurrency` partitions at once.
-        let mut events = Vec::new();
-        let mut batches_of = Vec::new();
-        for _ in 0..config.concurrency {
-            let partition = ((sent / PER_PARTITION as u64) % config.partitions as u64) as i32;
-            let n = PER_PARTITION.min((config.votes - sent) as usize);
-            if n == 0 {
-                break;
+        // One round: the next votes, each in the partition its key goes to (as the producer puts
+        // them), one batch per partition, counted concurrently.
+        let n = ((PER_PARTITION * config.partitions.max(1) as usize) as u64).min(config.votes - sent);
+        let mut by_partition: std::collections::BTreeMap<i32, Vec<VoteEvent>> = std::collections::BTreeMap::new();
+        for number in sent..sent + n {
+            let mut ballot = ballots[(number % ballots.len() as u64) as usize].clone();
+            if config.voters > 0 {
+                ballot.voter_id = Some(format!("voter-{}", number % config.voters));
             }
-            let first = offsets[partition as usize];
-            let votes: Vec<VoteEvent> = (0..n as u64)
-                .map(|i| {
-                    let number = sent + i;
-                    VoteEvent {
-                        vote_id: VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a vote id"),
-                        ballot: ballots[(number % ballots.len() as u64) as usize].clone(),
-                        route: if number.is_multiple_of(2) { Route::Http } else { Route::Grpc },
-                        received_at_ms: start_ms + (number as f64 * 1000.0 / config.rate) as i64,
-                    }
-                })
-                .collect();
-            offsets[partition as usize] += n as i64;
-            sent += n as u64;
-            batches_of.push((partition, first));
-            events.push(votes);
+            let event = VoteEvent {
+                vote_id: VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a vote id"),
+                ballot,
+                route: if number.is_multiple_of(2) { Route::Http } else { Route::Grpc },
+                received_at_ms: start_ms + (number as f64 * 1000.0 / config.rate) as i64,
+            };
+            by_partition.entry(event.partition(config.partitions)).or_default().push(event);
         }
-        let batches: Vec<PartitionBatch<'_>> = batches_of
-            .iter()
-            .zip(&events)
-            .map(|(&(partition, first), votes)| PartitionBatch {
+        sent += n;
+        let mut batches = Vec::with_capacity(by_partition.len());
+        for (&partition, votes) in &by_partition {
+            let first = offsets[partition as usize];
+            offsets[partition as usize] += votes.len() as i64;
+            batches.push(PartitionBatch {
                 partition,
                 origin: if first == 0 { Origin::Start(0) } else { Origin::At(first) },
                 votes: votes.iter().enumerate().map(|(i, v)| (first + i as i64, v)).collect(),
                 dead_letters: Vec::new(),
-            })
-            .collect();
+            });
+        }
         let applied = futures::future::join_all(batches.iter().map(|b| tally.apply(b))).await;
         for applied in applied {
             match applied.context("the counting script failed")? {
@@ -155,9 +157,37 @@ pub async fn run(config: &CountingConfig) -> anyhow::Result<(Vec<Checkpoint>, St
     let total: Option<u64> =
         redis::cmd("GET").arg(RedisKeys::new("bandvote").total()).query_async(&mut connection).await?;
     anyhow::ensure!(total == Some(config.votes), "Redis counted {total:?} of {} votes", config.votes);
+    // Where the memory is: every key's own size, by what it holds.
+    let keys: Vec<String> = redis::cmd("KEYS").arg("bandvote:*").query_async(&mut connection).await?;
+    let mut by_kind: std::collections::BTreeMap<&str, (u64, u64)> = std::collections::BTreeMap::new();
+    for key in &keys {
+        let bytes: Option<u64> =
+            redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query_async(&mut connection).await?;
+        let kind = if key.contains(":resend:") {
+            "re-send memory"
+        } else if key.ends_with(":voters") {
+            "voter counts"
+        } else if key.ends_with(":position") {
+            "positions"
+        } else {
+            "tallies"
+        };
+        let entry = by_kind.entry(kind).or_default();
+        entry.0 += 1;
+        entry.1 += bytes.unwrap_or(0);
+    }
     let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut connection).await?;
     let script = stats.lines().find_map(|l| l.strip_prefix("cmdstat_evalsha:")).unwrap_or("none").to_owned();
     let mut markdown = markdown(config, baseline.used_memory, &checkpoints);
+    let _ = writeln!(markdown, "\n| keys | count | bytes (MEMORY USAGE) | per vote |\n|---|---:|---:|---:|");
+    for (kind, (count, bytes)) in &by_kind {
+        let _ = writeln!(
+            markdown,
+            "| {kind} | {count} | {:.1} MB | {:.1} |",
+            *bytes as f64 / 1e6,
+            *bytes as f64 / config.votes as f64
+        );
+    }
     let _ = writeln!(markdown, "\nThe counting script's calls (Redis `INFO commandstats`): {script}.");
     Ok((checkpoints, markdown))
 }
@@ -202,9 +232,14 @@ fn markdown(config: &CountingConfig, baseline: u64, checkpoints: &[Checkpoint]) 
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Counting step: {} votes over {} partitions, re-send window {}, maxmemory {}, acceptance at {} votes/s.\n",
+        "Counting step: {} votes over {} partitions, {}, re-send window {}, maxmemory {}, acceptance at {} votes/s.\n",
         config.votes,
         config.partitions,
+        if config.voters > 0 {
+            format!("{} voters under a rule of at most {} votes", config.voters, config.max_votes)
+        } else {
+            "no voters".to_owned()
+        },
         humantime(config.resend_window),
         config.maxmemory.as_deref().unwrap_or("none"),
         config.rate

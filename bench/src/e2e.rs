@@ -1,12 +1,12 @@
 //! End to end: from a vote's acceptance (its answer arriving at the client) to its count being
 //! visible in Redis.
 //!
-//! The consumer's script adds each counted vote id's digest to its partition's re-send set in the
-//! same atomic step that updates the counters, so a vote's digest appears exactly when its count
-//! does. Traced votes (see [`crate::target::Trace`]) report their ids when accepted; [`watch`] looks
-//! their digests up in every partition's set of the current generation (one `SMISMEMBER` per
-//! partition and generation, pipelined) every [`POLL`], and records the time from acceptance to
-//! the round that found each one. The poll interval bounds the error (it adds up to one interval).
+//! The consumer's script records each decided vote's digest in its partition's re-send memory in
+//! the same atomic step that updates the counters, so a vote's digest appears exactly when its
+//! count does. Traced votes (see [`crate::target::Trace`]) report their ids when accepted; [`watch`]
+//! looks their digests up in every partition's memory of the current generation (one `HMGET` per
+//! partition and generation, pipelined) every [`POLL`], and records the time from acceptance to the
+//! round that found each one. The poll interval bounds the error (it adds up to one interval).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -51,23 +51,23 @@ pub struct Counted {
 }
 
 impl Counted {
-    /// Finds which of `ids` are counted: every partition's set of the generations around now.
+    /// Finds which of `ids` are counted: every partition's memory of the generations around now.
     async fn find(&self, redis: &mut redis::aio::MultiplexedConnection, ids: &[&str]) -> anyhow::Result<Vec<bool>> {
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
         let mut generations = vec![self.window.generation_of(now - 1000), self.window.generation_of(now + 1000)];
         generations.dedup();
-        let members: Vec<[u8; 16]> = ids.iter().map(|id| RedisKeys::resend_member(id)).collect();
+        let members: Vec<[u8; 16]> = ids.iter().map(|id| RedisKeys::resend_member(None, id)).collect();
         let mut pipe = redis::pipe();
         for partition in 0..self.partitions {
             for &generation in &generations {
-                let command = pipe.cmd("SMISMEMBER").arg(self.keys.resend(&self.topic, partition, generation));
+                let command = pipe.cmd("HMGET").arg(self.keys.resend(&self.topic, partition, generation));
                 for member in &members {
                     command.arg(&member[..]);
                 }
             }
         }
-        let found: Vec<Vec<bool>> = pipe.query_async(redis).await?;
-        Ok((0..ids.len()).map(|i| found.iter().any(|set| set[i])).collect())
+        let found: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(redis).await?;
+        Ok((0..ids.len()).map(|i| found.iter().any(|memory| memory[i].is_some())).collect())
     }
 }
 

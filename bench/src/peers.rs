@@ -181,7 +181,8 @@ pub async fn insert_many(uri: &str, database: &str, run: &str, count: u64, batch
     let logged_at = DateTime::now();
     let documents: Vec<_> = (0..count)
         .map(|n| {
-            let vote = LoggedVote { event: event(run, n), partition: (n % 6) as i32, offset: (n / 6) as i64 };
+            let vote =
+                LoggedVote { event: event(run, n), partition: (n % 6) as i32, offset: (n / 6) as i64, refused: None };
             log_store::document(&vote, logged_at)
         })
         .collect();

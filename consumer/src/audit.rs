@@ -9,7 +9,7 @@ use std::{
 };
 
 use bandvote_domain::{
-    Ballot, RedisKeys, Route, VoteEvent,
+    Ballot, RedisKeys, Refused, Route, VoteEvent,
     ballot::{BallotInput, VoteId},
 };
 use bandvote_ops::config::KafkaArgs;
@@ -39,9 +39,19 @@ pub struct Counts {
     pub rank_sums: BTreeMap<String, f64>,
     /// Unix second of acceptance → votes.
     pub seconds: BTreeMap<String, u64>,
+    /// Refusal code → votes refused (not counted in any of the above).
+    pub refused: BTreeMap<String, u64>,
 }
 
 impl Counts {
+    /// Adds a logged vote: to the tallies when it was counted, to `refused` when it was not.
+    pub fn add_logged(&mut self, vote: &LoggedVote) {
+        match vote.refused {
+            None => self.add(&vote.event),
+            Some(reason) => *self.refused.entry(reason.code().to_owned()).or_default() += 1,
+        }
+    }
+
     pub fn add(&mut self, event: &VoteEvent) {
         let ballot = &event.ballot;
         let album = RedisKeys::album_field(&ballot.band, &ballot.album);
@@ -65,6 +75,7 @@ impl Counts {
             ("album", &self.albums, &other.albums),
             ("route", &self.routes, &other.routes),
             ("second", &self.seconds, &other.seconds),
+            ("refused", &self.refused, &other.refused),
         ] {
             for key in ours.keys().chain(theirs.keys()).collect::<std::collections::BTreeSet<_>>() {
                 let (a, b) = (ours.get(key).copied().unwrap_or(0), theirs.get(key).copied().unwrap_or(0));
@@ -112,6 +123,27 @@ pub struct LogCount {
     pub counts: Counts,
     /// Documents that are not a valid vote (`_id` and why).
     pub unreadable: Vec<(String, String)>,
+    /// Counted votes per voter, and per voter and band, for the contest's rule.
+    pub voters: BTreeMap<String, u64>,
+    pub voter_bands: BTreeMap<(String, String), u64>,
+}
+
+impl LogCount {
+    /// Voters whose counted votes break the contest's rule.
+    pub fn rule_violations(&self, rule: &bandvote_domain::VoterRule) -> Vec<String> {
+        let mut found = Vec::new();
+        if let Some(max) = rule.max_votes {
+            for (voter, votes) in self.voters.iter().filter(|(_, v)| **v > u64::from(max)) {
+                found.push(format!("voter {voter:?} has {votes} counted votes, the rule allows {max}"));
+            }
+        }
+        if let Some(max) = rule.max_votes_per_band {
+            for ((voter, band), votes) in self.voter_bands.iter().filter(|(_, v)| **v > u64::from(max)) {
+                found.push(format!("voter {voter:?} has {votes} counted votes for {band:?}, the rule allows {max}"));
+            }
+        }
+        found
+    }
 }
 
 /// Reads the vote log document by document, in `_id` order.
@@ -121,10 +153,22 @@ pub struct LogReader {
 
 impl LogReader {
     pub async fn open(log: &LogStore) -> mongodb::error::Result<Self> {
-        let projection =
-            doc! {"name": 1, "album": 1, "year": 1, "rank": 1, "voter_id": 1, "route": 1, "received_at": 1, "kafka": 1};
-        let cursor = log.votes().find(doc! {}).projection(projection).batch_size(5000).await?;
+        let cursor = log.votes().find(doc! {}).projection(Self::projection()).batch_size(5000).await?;
         Ok(LogReader { cursor })
+    }
+
+    /// The same, sorted by `_id` (the order of the certified result's digest).
+    pub async fn open_sorted(log: &LogStore) -> mongodb::error::Result<Self> {
+        let cursor =
+            log.votes().find(doc! {}).projection(Self::projection()).sort(doc! {"_id": 1}).batch_size(5000).await?;
+        Ok(LogReader { cursor })
+    }
+
+    fn projection() -> Document {
+        doc! {
+            "vote_id": 1, "name": 1, "album": 1, "year": 1, "rank": 1, "voter_id": 1, "route": 1,
+            "received_at": 1, "kafka": 1, "status": 1, "reason": 1,
+        }
     }
 
     /// The next logged vote, or the `_id` of a document that is not a valid vote and why.
@@ -138,8 +182,18 @@ impl LogReader {
             let kafka = document.get_document("kafka").ok();
             let position = |field: &str| kafka.and_then(|k| k.get(field)).and_then(Bson::as_i64_or_i32);
             let event = event_from_document(&document).map_err(|why| (id_of(&document), why))?;
+            let refused = match (document.get_str("status"), document.get_str("reason")) {
+                (Ok("refused"), Ok(reason)) => match Refused::from_code(reason) {
+                    Some(reason) => Some(reason),
+                    None => return Err((id_of(&document), format!("reason {reason:?} is not a refusal"))),
+                },
+                (Ok("refused"), _) => return Err((id_of(&document), "a refused vote has no reason".to_owned())),
+                _ => None,
+            };
             match (position("partition"), position("offset")) {
-                (Some(partition), Some(offset)) => Ok(LoggedVote { event, partition: partition as i32, offset }),
+                (Some(partition), Some(offset)) => {
+                    Ok(LoggedVote { event, partition: partition as i32, offset, refused })
+                }
                 _ => Err((id_of(&document), "kafka.partition or kafka.offset is missing".to_owned())),
             }
         }))
@@ -164,9 +218,15 @@ impl AsInteger for Bson {
 pub async fn count_log(log: &LogStore) -> mongodb::error::Result<LogCount> {
     let mut reader = LogReader::open(log).await?;
     let mut found = LogCount::default();
-    while let Some(vote) = reader.next().await? {
+    while let Some(vote) = reader.next_logged().await? {
         match vote {
-            Ok(event) => found.counts.add(&event),
+            Ok(vote) => {
+                found.counts.add_logged(&vote);
+                if let (None, Some(voter)) = (vote.refused, &vote.event.ballot.voter_id) {
+                    *found.voters.entry(voter.clone()).or_default() += 1;
+                    *found.voter_bands.entry((voter.clone(), vote.event.ballot.band.clone())).or_default() += 1;
+                }
+            }
             Err(unreadable) => found.unreadable.push(unreadable),
         }
     }
@@ -196,7 +256,11 @@ pub fn event_from_document(document: &Document) -> Result<VoteEvent, String> {
         "voter_id": text("voter_id")?,
     });
     let ballot = BallotInput::from_json(&vote).and_then(|input| Ballot::parse(&input)).map_err(|e| e.to_string())?;
-    let vote_id = VoteId::parse(&id_of(document)).map_err(|e| format!("_id: {e}"))?;
+    // Documents name the vote id apart from `_id`, which is scoped by the voter.
+    let vote_id = match document.get_str("vote_id") {
+        Ok(id) => VoteId::parse(id).map_err(|e| format!("vote_id: {e}"))?,
+        Err(_) => VoteId::parse(&id_of(document)).map_err(|e| format!("_id: {e}"))?,
+    };
     let route = match document.get_str("route") {
         Ok("grpc") => Route::Grpc,
         Ok("http") => Route::Http,
@@ -224,13 +288,14 @@ pub(crate) fn tally_reads(pipe: &mut redis::Pipeline, keys: &RedisKeys) {
         .hgetall(keys.by_album())
         .hgetall(keys.by_route())
         .hgetall(keys.rank_sum())
-        .hgetall(keys.per_second());
+        .hgetall(keys.per_second())
+        .hgetall(keys.refused());
 }
 
 /// The tallies from the replies to [`tally_reads`].
 pub(crate) fn tallies_from(replies: Vec<redis::Value>) -> redis::RedisResult<Counts> {
     type Hash = BTreeMap<String, String>;
-    let (total, bands, albums, routes, sums, seconds): (Option<u64>, Hash, Hash, Hash, Hash, Hash) =
+    let (total, bands, albums, routes, sums, seconds, refused): (Option<u64>, Hash, Hash, Hash, Hash, Hash, Hash) =
         redis::from_redis_value(redis::Value::Array(replies))?;
     let whole = |hash: Hash| hash.into_iter().map(|(k, v)| (k, v.parse().unwrap_or(u64::MAX))).collect();
     Ok(Counts {
@@ -240,6 +305,7 @@ pub(crate) fn tallies_from(replies: Vec<redis::Value>) -> redis::RedisResult<Cou
         routes: whole(routes),
         rank_sums: sums.into_iter().map(|(k, v)| (k, v.parse().unwrap_or(f64::NAN))).collect(),
         seconds: whole(seconds),
+        refused: whole(refused),
     })
 }
 
@@ -363,6 +429,8 @@ pub struct AuditConfig {
     #[arg(long, default_value = "60s", value_parser = bandvote_ops::config::parse_duration)]
     pub log_wait: Duration,
     #[command(flatten)]
+    pub contest: bandvote_ops::config::ContestArgs,
+    #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub redis: bandvote_ops::config::RedisArgs,
@@ -381,12 +449,17 @@ pub struct Report {
     pub kafka_differences: Vec<Difference>,
     /// What the rebuild changed.
     pub rebuilt: Option<Rebuilt>,
+    /// Voters whose counted votes (in the log) break the contest's rule.
+    pub rule_violations: Vec<String>,
 }
 
 impl Report {
     /// Every count agrees and every logged document is a vote.
     pub fn agrees(&self) -> bool {
-        self.redis_differences.is_empty() && self.kafka_differences.is_empty() && self.log.unreadable.is_empty()
+        self.redis_differences.is_empty()
+            && self.kafka_differences.is_empty()
+            && self.log.unreadable.is_empty()
+            && self.rule_violations.is_empty()
     }
 }
 
@@ -407,7 +480,19 @@ impl fmt::Display for Report {
         for (id, why) in self.log.unreadable.iter().take(20) {
             writeln!(f, "  {id}: {why}")?;
         }
+        let refused: u64 = counts.refused.values().sum();
+        if refused > 0 {
+            writeln!(f, "       {refused} refused votes {:?}", counts.refused)?;
+        }
         writeln!(f, "redis: {} votes", self.redis.total)?;
+        if self.rule_violations.is_empty() {
+            writeln!(f, "the contest's rule: kept by every voter")?;
+        } else {
+            writeln!(f, "the contest's rule: {} violations", self.rule_violations.len())?;
+            for violation in self.rule_violations.iter().take(50) {
+                writeln!(f, "  {violation}")?;
+            }
+        }
         if let Some(kafka) = &self.kafka {
             let held = if kafka.truncated.is_empty() {
                 "every record since the topic began".to_owned()
@@ -452,12 +537,22 @@ pub async fn run(config: &AuditConfig) -> anyhow::Result<Report> {
         .context("MONGODB_URI is not a valid MongoDB connection string")?;
     let mut report = Report::default();
     if config.rebuild {
-        let settings =
-            RebuildSettings { kafka: config.kafka.clone(), group: config.group.clone(), log_wait: config.log_wait };
+        let rules =
+            config.contest.load().map_err(anyhow::Error::msg)?.map(|c| crate::tally::Rules::of(&c)).unwrap_or_default();
+        let settings = RebuildSettings {
+            rules,
+            kafka: config.kafka.clone(),
+            group: config.group.clone(),
+            log_wait: config.log_wait,
+        };
         let rebuilt = crate::rebuild::rebuild(&settings, &log, &tally).await.context("cannot rebuild the tallies")?;
         report.rebuilt = Some(rebuilt);
     }
     report.log = count_log(&log).await.context("cannot read the vote log")?;
+    let contest = config.contest.load().map_err(anyhow::Error::msg)?;
+    if let Some(contest) = &contest {
+        report.rule_violations = report.log.rule_violations(&contest.voters);
+    }
     report.redis = count_redis(tally.connection(), &keys).await.context("cannot read the tallies")?;
     report.redis_differences = report.log.counts.differences(&report.redis);
     report.redis_differences.extend(leaderboard_differences(tally.connection(), &keys, &report.redis.bands).await?);

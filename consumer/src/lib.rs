@@ -7,6 +7,7 @@
 //! * [`dead_letter`]: where records that are not votes go.
 //! * [`audit`]: recounts the log (and the topic) against Redis.
 //! * [`rebuild`]: makes Redis equal to the log again after it lost counts.
+//! * [`result`]: the contest's certified result, from the log, with a digest anyone can recompute.
 //!
 //! Any number of replicas share one consumer group; scaling them, killing them or replaying the
 //! topic changes no count.
@@ -16,6 +17,7 @@ pub mod dead_letter;
 pub mod log_store;
 pub mod pipeline;
 pub mod rebuild;
+pub mod result;
 pub mod tally;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -23,7 +25,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use bandvote_domain::{MongoNames, RedisKeys};
 use bandvote_ops::{
-    config::{KafkaArgs, MongoArgs, RedisArgs, TelemetryArgs, parse_duration},
+    config::{ContestArgs, KafkaArgs, MongoArgs, RedisArgs, TelemetryArgs, parse_duration},
     health,
 };
 use rdkafka::consumer::StreamConsumer;
@@ -34,7 +36,7 @@ use crate::{
     dead_letter::DeadLetters,
     log_store::LogStore,
     pipeline::{Batching, Context, Pipeline},
-    tally::Tally,
+    tally::{Rules, Tally},
 };
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -70,6 +72,8 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     #[command(flatten)]
+    pub contest: ContestArgs,
+    #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -91,10 +95,13 @@ impl ConsumerService {
         if let Err(err) = bandvote_ops::topics::ensure(&config.kafka).await {
             tracing::warn!(error = %err, "cannot make sure the topics exist yet");
         }
+        let contest = config.contest.load().map_err(anyhow::Error::msg)?;
+        let rules = contest.as_ref().map(Rules::of).unwrap_or_default();
         let keys = RedisKeys::new(&config.redis.key_prefix);
         let tally = Tally::connect(&config.redis.url, keys, &config.kafka.topic, config.resend_window)
             .await
-            .with_context(|| format!("cannot connect to Redis at {}", config.redis.url))?;
+            .with_context(|| format!("cannot connect to Redis at {}", config.redis.url))?
+            .with_rules(rules);
         let log = LogStore::connect(&config.mongo.uri, &MongoNames::new(&config.mongo.database))
             .await
             .context("MONGODB_URI is not a valid MongoDB connection string")?;

@@ -1,10 +1,11 @@
-//! The vote log in MongoDB: one document per vote, `_id` = `vote_id`.
+//! The vote log in MongoDB: one document per vote, `_id` = the vote's log id (`vote_id`, or
+//! `<voter_id>/<vote_id>`), with `status` `counted` or `refused` (and the `reason`).
 //!
 //! Invariant: a vote is logged at most once. Inserting a vote that is already there fails on the
 //! `_id` index with a duplicate-key error, which is the expected outcome of a redelivery and is
 //! treated as success; any other error fails the batch, which is then retried whole.
 
-use bandvote_domain::{MongoNames, VoteEvent};
+use bandvote_domain::{MongoNames, Refused, VoteEvent};
 use mongodb::{
     Client, Collection, IndexModel,
     bson::{DateTime, Document, doc},
@@ -17,12 +18,29 @@ const DUPLICATE_KEY: i32 = 11000;
 /// MongoDB's "namespace not found" error code.
 const NAMESPACE_NOT_FOUND: i32 = 26;
 
-/// A vote with where it was read from Kafka.
+/// A vote with where it was read from Kafka, and why it was refused, if it was.
 #[derive(Debug, Clone)]
 pub struct LoggedVote {
     pub event: VoteEvent,
     pub partition: i32,
     pub offset: i64,
+    pub refused: Option<Refused>,
+}
+
+impl LoggedVote {
+    /// The document's `_id`: the vote's [log id](VoteEvent::log_id), except for a vote refused as a
+    /// `vote_id_conflict`, which is another vote than the one the id stands for: its id is followed
+    /// by `~` and its content's fingerprint, so that both are in the log.
+    pub fn document_id(&self) -> String {
+        let id = self.event.log_id();
+        match self.refused {
+            Some(Refused::VoteIdConflict) => {
+                let fingerprint: String = self.event.content_fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+                format!("{id}~{fingerprint}")
+            }
+            _ => id,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -88,6 +106,11 @@ impl LogStore {
         &self.votes
     }
 
+    /// The certified results' collection of the same database.
+    pub fn results(&self, names: &MongoNames) -> Collection<Document> {
+        self.client.database(&names.database).collection(MongoNames::RESULTS)
+    }
+
     pub async fn ping(&self) -> Result<(), String> {
         self.client.database("admin").run_command(doc! {"ping": 1}).await.map(drop).map_err(|e| format!("mongodb: {e}"))
     }
@@ -98,7 +121,8 @@ pub fn document(vote: &LoggedVote, logged_at: DateTime) -> Document {
     let event = &vote.event;
     let ballot = &event.ballot;
     let mut document = doc! {
-        "_id": event.vote_id.as_str(),
+        "_id": vote.document_id(),
+        "vote_id": event.vote_id.as_str(),
         "name": &ballot.band,
         "album": &ballot.album,
         "year": ballot.year.get(),
@@ -111,5 +135,12 @@ pub fn document(vote: &LoggedVote, logged_at: DateTime) -> Document {
     if let Some(voter_id) = &ballot.voter_id {
         document.insert("voter_id", voter_id);
     }
+    match vote.refused {
+        None => document.insert("status", "counted"),
+        Some(reason) => {
+            document.insert("status", "refused");
+            document.insert("reason", reason.code())
+        }
+    };
     document
 }

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     dead_letter::DeadLetters,
     log_store::{LogStore, LoggedVote},
-    tally::{Applied, Origin, PartitionBatch, Tally},
+    tally::{Applied, Decision, Origin, PartitionBatch, Tally},
 };
 
 /// One Kafka record, copied out of the consumer's buffers.
@@ -202,9 +202,12 @@ impl Pipeline {
             let received = partitions.entry(record.partition).or_insert_with(|| Received::new(record.offset));
             received.next = record.offset + 1;
             match VoteEvent::decode(record.payload.as_deref()) {
-                Ok(event) => {
-                    received.votes.push(LoggedVote { event, partition: record.partition, offset: record.offset })
-                }
+                Ok(event) => received.votes.push(LoggedVote {
+                    event,
+                    partition: record.partition,
+                    offset: record.offset,
+                    refused: None,
+                }),
                 Err(err) => {
                     let reason = err.to_string();
                     tracing::warn!(partition = record.partition, offset = record.offset, %reason, "record is not a vote; dead-lettering it");
@@ -273,8 +276,21 @@ impl Pipeline {
                         next = counted.next,
                         "partition batch counted"
                     );
-                    // Copies of one vote in one batch are logged once, the first (counted) one.
-                    batch.votes.extend(received.votes.into_iter().filter(|v| logged.insert(v.event.vote_id.clone())));
+                    for refused in counted.refused() {
+                        metrics::counter!("bandvote_consumer_votes_refused_total", "reason" => refused.code())
+                            .increment(1);
+                    }
+                    // Each vote with its decision; copies of one vote in one batch are logged once.
+                    for (mut vote, decision) in received.votes.into_iter().zip(&counted.decisions) {
+                        vote.refused = match decision {
+                            Decision::Counted => None,
+                            Decision::Refused(reason) => Some(*reason),
+                            Decision::Forgotten => continue,
+                        };
+                        if logged.insert(vote.document_id()) {
+                            batch.votes.push(vote);
+                        }
+                    }
                     batch.next_offsets.insert(partition, received.next);
                 }
                 Applied::Behind { position } => {

@@ -36,18 +36,19 @@ use crate::{
 /// Attempts before the rebuild gives up on consumers that keep moving the positions under it.
 const ATTEMPTS: usize = 5;
 
-/// Adds the differences. KEYS: the ten tally keys of the counting script (total, band, album, route,
-/// leaderboard, per-second, rank sum, rank average, timeline, dead letters), then one position key
-/// per partition. ARGV: for each partition the position it must
+/// Adds the differences. KEYS: the eleven tally keys of the counting script (total, band, album,
+/// route, leaderboard, per-second, rank sum, rank average, timeline, dead letters, refused), then
+/// one position key per partition, then one voter-count key per partition (same order). ARGV: for each partition the position it must
 /// have at least (`''`: it must have none) and the position to give it (`''`: leave it); then
 /// the total difference; the band count and (band, difference) pairs; the album count and
 /// (album, count difference, rank-sum difference) triples; the route count and pairs; the second
-/// count and pairs. Returns 1 when applied, 0 when a position moved.
+/// count and pairs; the refusal count and pairs; the voter-count count and (partition number from 1,
+/// field, difference) triples. Returns 1 when applied, 0 when a position moved.
 const APPLY_DIFFERENCE: &str = r"
-local partitions = #KEYS - 10
+local partitions = (#KEYS - 11) / 2
 for p = 1, partitions do
   local at_least = ARGV[2 * p - 1]
-  local current = redis.call('HGET', KEYS[10 + p], 'next')
+  local current = redis.call('HGET', KEYS[11 + p], 'next')
   if at_least == '' then
     if current then return 0 end
   elseif not current or tonumber(current) < tonumber(at_least) then
@@ -56,7 +57,7 @@ for p = 1, partitions do
 end
 for p = 1, partitions do
   local give = ARGV[2 * p]
-  if give ~= '' then redis.call('HSET', KEYS[10 + p], 'next', give) end
+  if give ~= '' then redis.call('HSET', KEYS[11 + p], 'next', give) end
 end
 local i = 2 * partitions + 1
 local total = tonumber(ARGV[i])
@@ -96,6 +97,16 @@ for _ = 1, tonumber(ARGV[i]) do
   counter(KEYS[6], ARGV[i + 1], tonumber(ARGV[i + 2]))
   i = i + 2
 end
+i = i + 1
+for _ = 1, tonumber(ARGV[i]) do
+  counter(KEYS[11], ARGV[i + 1], tonumber(ARGV[i + 2]))
+  i = i + 2
+end
+i = i + 1
+for _ = 1, tonumber(ARGV[i]) do
+  counter(KEYS[11 + partitions + tonumber(ARGV[i + 1])], ARGV[i + 2], tonumber(ARGV[i + 3]))
+  i = i + 3
+end
 return 1
 ";
 
@@ -123,6 +134,8 @@ impl fmt::Display for Rebuilt {
 /// What the rebuild needs besides the stores.
 #[derive(Debug, Clone)]
 pub struct RebuildSettings {
+    /// The contest's rule: which voter counts the counting step keeps.
+    pub rules: crate::tally::Rules,
     pub kafka: KafkaArgs,
     /// The consumers' group, whose commits say how far the log is complete.
     pub group: String,
@@ -137,8 +150,9 @@ pub async fn rebuild(settings: &RebuildSettings, log: &LogStore, tally: &Tally) 
     for _ in 0..ATTEMPTS {
         let snapshot = Snapshot::read(tally, &partitions).await.context("cannot read the tallies")?;
         let cut = wait_for_log(settings, &snapshot).await?;
-        let logged = count_log_below(log, &cut).await.context("cannot read the vote log")?;
-        let difference = Difference::between(&logged, &snapshot.counts);
+        let (logged, voters) = count_log_below(log, &cut, settings.rules).await.context("cannot read the vote log")?;
+        let mut difference = Difference::between(&logged, &snapshot.counts);
+        difference.voters = voter_differences(&voters, &snapshot.voters, &partitions);
         let positions: BTreeMap<i32, i64> = partitions
             .iter()
             .filter(|p| snapshot.positions[p].is_none())
@@ -189,6 +203,8 @@ fn committed(settings: &RebuildSettings, partitions: &[i32]) -> anyhow::Result<B
 struct Snapshot {
     positions: BTreeMap<i32, Option<i64>>,
     counts: Counts,
+    /// (partition, field) → votes counted for the voter (`<voter>` or `<voter>|<band>`).
+    voters: BTreeMap<(i32, String), u64>,
 }
 
 impl Snapshot {
@@ -199,15 +215,24 @@ impl Snapshot {
         for &p in partitions {
             pipe.hget(keys.position(tally.topic(), p), "next");
         }
+        for &p in partitions {
+            pipe.hgetall(keys.voters(tally.topic(), p));
+        }
         crate::audit::tally_reads(&mut pipe, keys);
         let mut replies: Vec<redis::Value> = pipe.query_async(&mut tally.connection().clone()).await?;
-        let tallies = replies.split_off(partitions.len());
+        let tallies = replies.split_off(2 * partitions.len());
+        let counts = replies.split_off(partitions.len());
         let positions = partitions
             .iter()
             .zip(replies)
             .map(|(&p, v)| Ok((p, redis::from_redis_value::<Option<i64>>(v)?)))
             .collect::<redis::RedisResult<_>>()?;
-        Ok(Snapshot { positions, counts: crate::audit::tallies_from(tallies)? })
+        let mut voters = BTreeMap::new();
+        for (&p, value) in partitions.iter().zip(counts) {
+            let fields: BTreeMap<String, u64> = redis::from_redis_value(value)?;
+            voters.extend(fields.into_iter().map(|(field, n)| ((p, field), n)));
+        }
+        Ok(Snapshot { positions, counts: crate::audit::tallies_from(tallies)?, voters })
     }
 }
 
@@ -247,17 +272,48 @@ async fn wait_for_log(settings: &RebuildSettings, snapshot: &Snapshot) -> anyhow
 }
 
 /// Counts the logged votes whose Kafka record is below the cut of its partition.
-async fn count_log_below(log: &LogStore, cut: &BTreeMap<i32, i64>) -> mongodb::error::Result<Counts> {
+/// Counts the logged votes whose Kafka record is below the cut of its partition, and the voter
+/// counts the counting step keeps for them under `rules`.
+async fn count_log_below(
+    log: &LogStore,
+    cut: &BTreeMap<i32, i64>,
+    rules: crate::tally::Rules,
+) -> mongodb::error::Result<(Counts, BTreeMap<(i32, String), u64>)> {
     let mut reader = LogReader::open(log).await?;
     let mut counts = Counts::default();
+    let mut voters = BTreeMap::new();
     while let Some(vote) = reader.next_logged().await? {
         if let Ok(vote) = vote
             && cut.get(&vote.partition).is_some_and(|&c| vote.offset < c)
         {
-            counts.add(&vote.event);
+            counts.add_logged(&vote);
+            if let (None, Some(voter)) = (vote.refused, &vote.event.ballot.voter_id) {
+                if rules.max_votes.is_some() {
+                    *voters.entry((vote.partition, voter.clone())).or_default() += 1;
+                }
+                if rules.max_votes_per_band.is_some() {
+                    *voters.entry((vote.partition, format!("{voter}|{}", vote.event.ballot.band))).or_default() += 1;
+                }
+            }
         }
     }
-    Ok(counts)
+    Ok((counts, voters))
+}
+
+/// The voter counts to add: (partition number from 1, field, difference).
+fn voter_differences(
+    logged: &BTreeMap<(i32, String), u64>,
+    counted: &BTreeMap<(i32, String), u64>,
+    partitions: &[i32],
+) -> Vec<(usize, String, i64)> {
+    let keys: std::collections::BTreeSet<&(i32, String)> = logged.keys().chain(counted.keys()).collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let d = logged.get(key).copied().unwrap_or(0) as i64 - counted.get(key).copied().unwrap_or(0) as i64;
+            let index = partitions.iter().position(|p| *p == key.0)? + 1;
+            (d != 0).then(|| (index, key.1.clone(), d))
+        })
+        .collect()
 }
 
 /// What must be added to the tallies to make them equal to the log.
@@ -269,6 +325,9 @@ struct Difference {
     albums: Vec<(String, i64, f64)>,
     routes: Vec<(String, i64)>,
     seconds: Vec<(String, i64)>,
+    refused: Vec<(String, i64)>,
+    /// (partition number from 1, field, difference).
+    voters: Vec<(usize, String, i64)>,
 }
 
 impl Difference {
@@ -302,11 +361,18 @@ impl Difference {
             albums,
             routes: whole(&logged.routes, &counted.routes),
             seconds: whole(&logged.seconds, &counted.seconds),
+            refused: whole(&logged.refused, &counted.refused),
+            voters: Vec::new(),
         }
     }
 
     fn counters(&self) -> u64 {
-        (self.bands.len() + self.albums.len() + self.routes.len() + self.seconds.len()) as u64
+        (self.bands.len()
+            + self.albums.len()
+            + self.routes.len()
+            + self.seconds.len()
+            + self.refused.len()
+            + self.voters.len()) as u64
     }
 
     /// Adds the difference and gives `positions` to the partitions that had none; false (and
@@ -329,6 +395,9 @@ impl Difference {
             let at_least = snapshot.positions[&p].map(|o| o.to_string()).unwrap_or_default();
             invocation.arg(at_least).arg(positions.get(&p).map(|o| o.to_string()).unwrap_or_default());
         }
+        for &p in partitions {
+            invocation.key(k.voters(tally.topic(), p));
+        }
         invocation.arg(self.total).arg(self.bands.len());
         for (band, d) in &self.bands {
             invocation.arg(band).arg(d);
@@ -341,9 +410,15 @@ impl Difference {
         for (route, d) in &self.routes {
             invocation.arg(route).arg(d);
         }
-        invocation.arg(self.seconds.len());
-        for (second, d) in &self.seconds {
-            invocation.arg(second).arg(d);
+        for section in [&self.seconds, &self.refused] {
+            invocation.arg(section.len());
+            for (field, d) in section {
+                invocation.arg(field).arg(d);
+            }
+        }
+        invocation.arg(self.voters.len());
+        for (partition, field, d) in &self.voters {
+            invocation.arg(partition).arg(field).arg(d);
         }
         let applied: i64 = invocation.invoke_async(&mut tally.connection().clone()).await?;
         Ok(applied == 1)

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 mod audit;
+mod contest;
 mod counting;
 mod faults;
 mod wasm_route;

@@ -7,8 +7,9 @@
 //!  "rank":9.5,"voter_id":null,"route":"grpc","received_at_ms":1764192000000}
 //! ```
 //!
-//! The record key is the `vote_id`, so that load spreads evenly over the partitions and every copy
-//! of one vote lands in the same partition, in order. Decoding validates the vote again: a record
+//! The record key is the voter when the vote names one, else the `vote_id`: load spreads evenly over
+//! the partitions, and every vote of one voter and every copy of one vote lands in the same
+//! partition, in order ([`VoteEvent::key`], [`VoteEvent::partition`]). Decoding validates the vote again: a record
 //! that was not written by ingest gets the same checks as a request.
 
 use serde::{Deserialize, Serialize};
@@ -86,9 +87,48 @@ pub enum DecodeError {
 }
 
 impl VoteEvent {
-    /// The record key: the vote id.
-    pub fn key(&self) -> &[u8] {
-        self.vote_id.as_str().as_bytes()
+    /// The record key: the voter (`voter:<voter_id>`) when the vote names one, else the vote id.
+    /// Every vote of one voter, and every copy of one vote, lands in the same partition, where the
+    /// consumer keeps that voter's counts and that vote's re-send memory.
+    pub fn key(&self) -> String {
+        match &self.ballot.voter_id {
+            Some(voter) => format!("voter:{voter}"),
+            None => self.vote_id.as_str().to_owned(),
+        }
+    }
+
+    /// The partition of a topic of `partitions` partitions the vote goes to: a stable hash of the
+    /// [key](VoteEvent::key), the same wherever it is computed (ingest publishes to it and looks the
+    /// voter up there).
+    pub fn partition(&self, partitions: i32) -> i32 {
+        partition_of(self.key().as_bytes(), partitions)
+    }
+
+    /// The vote's identity in the log (the MongoDB `_id`): `<voter_id>/<vote_id>` when the vote names
+    /// its voter (two voters may choose the same `vote_id`), else the `vote_id`. `/` is in neither id.
+    pub fn log_id(&self) -> String {
+        match &self.ballot.voter_id {
+            Some(voter) => format!("{voter}/{}", self.vote_id),
+            None => self.vote_id.as_str().to_owned(),
+        }
+    }
+
+    /// What a re-send must repeat to be the same vote: band, album, year and rank (not the route, nor
+    /// the time). Eight bytes of SHA-256 over them.
+    pub fn content_fingerprint(&self) -> [u8; 8] {
+        use sha2::Digest as _;
+        let ballot = &self.ballot;
+        let mut hash = sha2::Sha256::new();
+        for part in [ballot.band.as_bytes(), ballot.album.as_bytes()] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        hash.update(ballot.year.get().to_be_bytes());
+        hash.update(ballot.rank.get().to_bits().to_be_bytes());
+        let digest = hash.finalize();
+        let mut fingerprint = [0; 8];
+        fingerprint.copy_from_slice(&digest[..8]);
+        fingerprint
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -130,6 +170,42 @@ impl VoteEvent {
         ballot.vote_id = Some(vote_id.clone());
         Ok(VoteEvent { vote_id, ballot, route: wire.route, received_at_ms: wire.received_at_ms })
     }
+}
+
+/// The partition of a key among `partitions`, as Kafka's own producers choose it (the Java
+/// client's default and librdkafka's `murmur2_random`, which ingest's producer is set to): the
+/// positive part of the key's murmur2 hash, modulo.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// Kafka's murmur2 (seed `0x9747b28c`), as in its Java client's `Utils.murmur2`.
+fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() == 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
 }
 
 #[cfg(test)]
@@ -184,5 +260,59 @@ mod tests {
         let bad = serde_json::to_vec(&wire).expect("json");
         let err = VoteEvent::decode(Some(&bad)).expect_err("rank out of range");
         assert_eq!(err.to_string(), "the event holds an invalid vote: rank: must be between 0 and 100");
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(voter: Option<&str>, vote_id: &str, rank: &str) -> VoteEvent {
+        let mut input = json!({"name": "Alux Nahual", "album": "Conquista", "year": "1990", "rank": rank});
+        if let Some(voter) = voter {
+            input["voter_id"] = json!(voter);
+        }
+        VoteEvent {
+            vote_id: VoteId::parse(vote_id).expect("id"),
+            ballot: Ballot::from_json(&input).expect("valid"),
+            route: Route::Http,
+            received_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_voters_votes_share_a_partition_and_two_voters_may_share_a_vote_id() {
+        let (a1, a2) = (event(Some("phone:502"), "1", "9"), event(Some("phone:502"), "2", "8"));
+        assert_eq!(a1.key(), "voter:phone:502");
+        assert_eq!(a1.partition(6), a2.partition(6));
+        assert_eq!(a1.log_id(), "phone:502/1");
+        assert_ne!(a1.log_id(), event(Some("phone:503"), "1", "9").log_id());
+        assert_eq!(event(None, "1", "9").log_id(), "1");
+        let spread: std::collections::BTreeSet<i32> =
+            (0..60).map(|n| event(None, &format!("v{n}"), "9").partition(6)).collect();
+        assert_eq!(spread.len(), 6, "vote ids spread over every partition");
+    }
+
+    #[test]
+    fn partitions_follow_kafkas_murmur2() {
+        // Values of the Java client's Utils.murmur2, from Kafka's own unit tests.
+        assert_eq!(murmur2(b"21"), -973_932_308);
+        assert_eq!(murmur2(b"foobar"), -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58_897_971);
+        assert_eq!(murmur2(b"abc"), 479_470_107);
+    }
+
+    #[test]
+    fn the_fingerprint_is_the_vote_not_the_route_or_time() {
+        let original = event(Some("v"), "1", "9");
+        let mut elsewhere = original.clone();
+        elsewhere.route = Route::Grpc;
+        elsewhere.received_at_ms = 99;
+        assert_eq!(original.content_fingerprint(), elsewhere.content_fingerprint());
+        assert_ne!(original.content_fingerprint(), event(Some("v"), "1", "9.5").content_fingerprint());
     }
 }

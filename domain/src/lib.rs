@@ -2,6 +2,7 @@
 //!
 //! * [`ballot`] turns untrusted input (JSON or protobuf strings) into a [`Ballot`], naming every
 //!   field that is wrong and why. Past that point a vote is valid by construction.
+//! * [`contest`] is the contest file: the roster, the voting window and the per-voter rule.
 //! * [`roster`] is the optional list of contest bands and albums that rejects unknown candidates.
 //! * [`event`] is the versioned Kafka event, the one format producer and consumer share.
 //! * [`names`] holds every Redis key and MongoDB name, shared by the writer and the readers.
@@ -11,6 +12,7 @@
 //! The crate does no I/O and builds for `wasm32-unknown-unknown`.
 
 pub mod ballot;
+pub mod contest;
 pub mod event;
 pub mod names;
 pub mod reply;
@@ -18,7 +20,11 @@ pub mod roster;
 pub mod vote_log;
 
 pub use ballot::{Ballot, FieldError, Input, InvalidVote, Rank, VoteId, Year};
+pub use contest::{Contest, ContestError, Refused, VoterRule, Window};
 pub use event::{DecodeError, Route, VoteEvent};
 pub use names::{MongoNames, RedisKeys, ResendWindow};
 pub use roster::{Roster, RosterError};
-pub use vote_log::{AlbumTally, BandTally, KafkaPosition, LogTallies, LoggedVote, RouteTally, VotePage};
+pub use vote_log::{
+    AlbumTally, BandTally, CertifiedResult, KafkaPosition, LogId, LogTallies, LoggedVote, RouteTally, VotePage,
+    VoteStatus,
+};

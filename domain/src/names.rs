@@ -15,8 +15,10 @@
 //! | `bandvote:rank:sum` | hash | `band / album` → sum of ranks |
 //! | `bandvote:rank:avg` | hash | `band / album` → average rank |
 //! | `bandvote:dead_letters` | string | records sent to the dead-letter topic |
+//! | `bandvote:votes:refused` | hash | reason (`voting_closed`, `limit_reached`, ...) → votes refused |
+//! | `bandvote:{<topic>/<partition>}:voters` | hash | `<voter_id>` → votes counted, `<voter_id>\|<band>` → for that band |
 //! | `bandvote:{<topic>/<partition>}:position` | hash | `next`: the partition's first offset not yet counted; `g:<generation>`: vote ids remembered in that generation |
-//! | `bandvote:{<topic>/<partition>}:resend:<generation>` | set | digests of the vote ids counted in that generation (expires) |
+//! | `bandvote:{<topic>/<partition>}:resend:<generation>` | hash | digest of a vote (voter and vote id) → what became of it and its content's fingerprint (expires) |
 //!
 //! The per-partition keys share a Redis Cluster hash tag (`{<topic>/<partition>}`), so the keys of
 //! one partition live in one slot.
@@ -68,6 +70,15 @@ impl RedisKeys {
     pub fn dead_letters(&self) -> String {
         self.key("dead_letters")
     }
+    /// Votes refused when they were counted, by reason code ([`crate::Refused::code`]).
+    pub fn refused(&self) -> String {
+        self.key("votes:refused")
+    }
+    /// What each voter of a partition has used: field `<voter_id>` → votes counted, field
+    /// `<voter_id>|<band>` → votes counted for that band (`|` is not in a voter id).
+    pub fn voters(&self, topic: &str, partition: i32) -> String {
+        self.key(&format!("{{{topic}/{partition}}}:voters"))
+    }
     /// A Kafka partition's counting position: field `next` is the first offset of the partition
     /// that is not counted yet, fields `g:<generation>` how many vote ids each generation of the
     /// re-send window remembered (see [`ResendWindow`]).
@@ -80,14 +91,20 @@ impl RedisKeys {
         self.key(&format!("{{{topic}/{partition}}}:resend:{generation}"))
     }
 
-    /// What the re-send sets hold for a vote id: the first 16 bytes of its SHA-256, so that every
-    /// member has the same small size whatever the client chose as id. Two different ids share a
-    /// member with a probability of about n² / 2¹²⁹ for n ids, below 10⁻¹⁹ for ten billion.
-    pub fn resend_member(vote_id: &str) -> [u8; 16] {
+    /// What the re-send memory holds for a vote: the first 16 bytes of the SHA-256 of its voter (when
+    /// it names one) and its vote id, so that every entry has the same small size whatever the client
+    /// chose, and one voter's `vote_id` never stands for another's. Two different votes share an entry
+    /// with a probability of about n² / 2¹²⁹ for n votes, below 10⁻¹⁹ for ten billion.
+    pub fn resend_member(voter_id: Option<&str>, vote_id: &str) -> [u8; 16] {
         use sha2::Digest as _;
-        let digest = sha2::Sha256::new().chain_update(b"bandvote.resend.v1\0").chain_update(vote_id).finalize();
+        let mut hash = sha2::Sha256::new();
+        hash.update(b"bandvote.resend.v2\0");
+        for part in [voter_id.unwrap_or(""), vote_id] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
         let mut member = [0; 16];
-        member.copy_from_slice(&digest[..16]);
+        member.copy_from_slice(&hash.finalize()[..16]);
         member
     }
 
@@ -158,6 +175,10 @@ pub struct MongoNames {
 impl MongoNames {
     pub const DEFAULT_DATABASE: &'static str = "bandvote";
     pub const VOTES: &'static str = "votes";
+    /// The collection of certified results; the one `bandvote-result` writes has `_id`
+    /// [`MongoNames::FINAL_RESULT`].
+    pub const RESULTS: &'static str = "results";
+    pub const FINAL_RESULT: &'static str = "final";
 
     /// The indexes of the vote log: (name, keys in order, descending?). Newest first is
     /// `received_at` descending with `_id` as the tie-breaker; the filters lead with their field.
@@ -192,10 +213,12 @@ mod tests {
 
     #[test]
     fn resend_members_are_fixed_size_and_differ_per_id() {
-        let a = RedisKeys::resend_member("phone-502-1");
-        assert_eq!(a, RedisKeys::resend_member("phone-502-1"));
-        assert_ne!(a, RedisKeys::resend_member("phone-502-2"));
-        assert_ne!(a, RedisKeys::resend_member(""));
+        let a = RedisKeys::resend_member(None, "phone-502-1");
+        assert_eq!(a, RedisKeys::resend_member(None, "phone-502-1"));
+        assert_ne!(a, RedisKeys::resend_member(None, "phone-502-2"));
+        assert_ne!(a, RedisKeys::resend_member(None, ""));
+        assert_ne!(a, RedisKeys::resend_member(Some("voter-b"), "phone-502-1"), "scoped by voter");
+        assert_ne!(RedisKeys::resend_member(Some("ab"), "c"), RedisKeys::resend_member(Some("a"), "bc"));
     }
 
     #[test]

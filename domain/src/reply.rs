@@ -62,6 +62,26 @@ impl ErrorReply {
         ErrorReply::new(413, "batch_too_large", format!("a batch may hold at most {most} votes, got {got}"))
     }
 
+    /// 403 `voting_closed`: the vote arrived outside the contest's voting window (given as
+    /// `opens` and `closes`, RFC 3339, when the contest sets them).
+    pub fn voting_closed(window: &crate::Window) -> Self {
+        let mut reply = ErrorReply::new(403, "voting_closed", window.describe());
+        if let Some(opens) = &window.opens {
+            reply.details.insert("opens".into(), opens.text.clone().into());
+        }
+        if let Some(closes) = &window.closes {
+            reply.details.insert("closes".into(), closes.text.clone().into());
+        }
+        reply
+    }
+
+    /// A vote the contest refuses: 409 `limit_reached`, `band_limit_reached` or `vote_id_conflict`,
+    /// 403 `voting_closed`.
+    pub fn refused(reason: crate::Refused, message: impl Into<String>) -> Self {
+        let status = if reason == crate::Refused::VotingClosed { 403 } else { 409 };
+        ErrorReply::new(status, reason.code(), message)
+    }
+
     /// 503 `unavailable`: the vote was not accepted; a retry is safe with the ids in the details.
     pub fn unavailable(message: impl Into<String>) -> Self {
         ErrorReply::new(503, "unavailable", message)

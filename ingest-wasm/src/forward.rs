@@ -134,8 +134,8 @@ impl Native {
         match status {
             // Accepted: Kafka acknowledged every vote.
             200 if answer["status"] == "accepted" => Ok(json_response(200, &answer)),
-            // Its own refusals (the roster, limits, Kafka unavailable): the same bodies as ours.
-            400 | 413 | 503 if answer["error"]["code"].is_string() => Ok(json_response(status, &answer)),
+            // Its own refusals (the contest, limits, Kafka unavailable): the same bodies as ours.
+            400 | 403 | 409 | 413 | 503 if answer["error"]["code"].is_string() => Ok(json_response(status, &answer)),
             // The client is over its rate: the same answer, with when to come back.
             429 if answer["error"]["code"].is_string() => {
                 let mut refused = json_response(status, &answer);

@@ -1,20 +1,30 @@
 //! Casting votes: the one path every route takes from untrusted input to an acknowledged vote.
 //!
-//! `check` turns input into a [`Ballot`] (validation, then the roster when one is configured);
-//! `cast` and `cast_all` give each ballot its id and publish it. Both routes call these, so a vote
-//! is held to the same rules whichever way it came in.
+//! `check` turns input into a [`Ballot`] (validation, then the contest's roster and voter rule);
+//! `cast` and `cast_all` give each ballot its id and acceptance time, refuse it outside the
+//! contest's voting window, and publish it. Every route calls these, so a vote is held to the same
+//! rules whichever way it came in.
 
 use std::{sync::Arc, time::SystemTime};
 
-use bandvote_domain::{Ballot, InvalidVote, Roster, Route, VoteEvent, VoteId, ballot::BallotInput};
+use bandvote_domain::{Ballot, Contest, InvalidVote, Refused, Route, VoteEvent, VoteId, Window, ballot::BallotInput};
 
-use crate::publisher::{PublishError, Publisher};
+use crate::{
+    publisher::{PublishError, Publisher},
+    standing::{Standing, Standings},
+};
 
 /// Why a vote was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum CastError {
     #[error("{0}")]
     Invalid(#[from] InvalidVote),
+    /// Accepted outside the contest's voting window: never published.
+    #[error("{}", window.describe())]
+    Closed { window: Window },
+    /// Refused by the contest's rule, or a `vote_id` used before for another vote: never published.
+    #[error("{}", refusal_message(*reason, rule))]
+    Refused { reason: Refused, rule: String },
     /// Not accepted; the vote may still reach Kafka late, so a client that re-sends it should
     /// send this `vote_id` with it to have it counted once.
     #[error("{error}")]
@@ -27,6 +37,13 @@ pub enum BatchError {
     /// Nothing was published: these votes (by index) are invalid.
     #[error("{}", bandvote_domain::reply::invalid_batch_message(*total, invalid.len()))]
     Invalid { total: usize, invalid: Vec<(usize, InvalidVote)> },
+    /// Nothing was published: the batch arrived outside the contest's voting window.
+    #[error("{}", window.describe())]
+    Closed { window: Window },
+    /// Nothing was published: these votes (by index) are refused by the contest's rule or reuse a
+    /// `vote_id`.
+    #[error("{} of {} votes are refused ({rule}); nothing was accepted", refused.len(), total)]
+    Refused { total: usize, refused: Vec<(usize, Refused)>, rule: String },
     /// Some votes were published and some were not. Every vote has its id, so re-sending the
     /// failed ones with those ids cannot count any vote twice.
     #[error("{} of {} votes were not accepted: {cause}", failed.len(), failed.len() + accepted.len())]
@@ -49,13 +66,25 @@ pub enum Delivery {
 #[derive(Clone)]
 pub struct Caster {
     publisher: Publisher,
-    roster: Option<Arc<Roster>>,
+    contest: Arc<Contest>,
+    standings: Option<Standings>,
     noop_allowed: bool,
 }
 
 impl Caster {
-    pub fn new(publisher: Publisher, roster: Option<Roster>, noop_allowed: bool) -> Self {
-        Caster { publisher, roster: roster.map(Arc::new), noop_allowed }
+    /// Casts votes for `contest` (the default contest is open to anyone, at any time).
+    pub fn new(publisher: Publisher, contest: Arc<Contest>, noop_allowed: bool) -> Self {
+        Caster { publisher, contest, standings: None, noop_allowed }
+    }
+
+    /// The same caster, answering from what the counting step knows (see [`crate::standing`]).
+    pub fn with_standings(mut self, standings: Standings) -> Self {
+        self.standings = Some(standings);
+        self
+    }
+
+    pub fn contest(&self) -> &Contest {
+        &self.contest
     }
 
     /// The delivery for a request that did (or did not) send [`NOOP_HEADER`].
@@ -67,11 +96,10 @@ impl Caster {
         &self.publisher
     }
 
-    /// Validates one vote and checks it against the roster.
+    /// Validates one vote and checks it against the contest's roster and voter rule.
     pub fn check(&self, route: Route, input: &BallotInput) -> Result<Ballot, InvalidVote> {
-        let checked = Ballot::parse(input).and_then(|ballot| match &self.roster {
-            Some(roster) => roster.check(&ballot).map(|()| ballot).map_err(|e| InvalidVote { errors: vec![e] }),
-            None => Ok(ballot),
+        let checked = Ballot::parse(input).and_then(|ballot| {
+            self.contest.check_fields(&ballot).map(|()| ballot).map_err(|e| InvalidVote { errors: vec![e] })
         });
         if checked.is_err() {
             rejected(route, "invalid", 1);
@@ -81,7 +109,19 @@ impl Caster {
 
     /// Publishes one checked vote; returns its id once Kafka acknowledged it.
     pub async fn cast(&self, route: Route, ballot: Ballot, delivery: Delivery) -> Result<VoteId, CastError> {
-        let event = stamp(route, ballot);
+        let event = stamp(route, ballot, now_ms());
+        if !self.contest.window.contains(event.received_at_ms) {
+            rejected(route, "voting_closed", 1);
+            return Err(CastError::Closed { window: self.contest.window.clone() });
+        }
+        match self.standing(std::slice::from_ref(&event)).await.and_then(|s| s.first().copied()) {
+            Some(Standing::Counted) => return Ok(event.vote_id),
+            Some(Standing::Refused(reason)) => {
+                rejected(route, reason.code(), 1);
+                return Err(CastError::Refused { reason, rule: self.contest.voters.describe() });
+            }
+            Some(Standing::New) | None => {}
+        }
         if delivery == Delivery::NoOp {
             std::hint::black_box(event.encode());
             return Ok(event.vote_id);
@@ -116,14 +156,39 @@ impl Caster {
         if !invalid.is_empty() {
             return Err(BatchError::Invalid { total: inputs.len(), invalid });
         }
-        let events: Vec<VoteEvent> = ballots.into_iter().map(|ballot| stamp(route, ballot)).collect();
+        // One acceptance time for the whole batch: it is in the window, or none of it is.
+        let now = now_ms();
+        if !self.contest.window.contains(now) {
+            rejected(route, "voting_closed", ballots.len());
+            return Err(BatchError::Closed { window: self.contest.window.clone() });
+        }
+        let events: Vec<VoteEvent> = ballots.into_iter().map(|ballot| stamp(route, ballot, now)).collect();
+        let standings = self.standing(&events).await.unwrap_or_default();
+        let refused: Vec<(usize, Refused)> = standings
+            .iter()
+            .enumerate()
+            .filter_map(|(index, s)| match s {
+                Standing::Refused(reason) => Some((index, *reason)),
+                _ => None,
+            })
+            .collect();
+        if !refused.is_empty() {
+            rejected(route, "refused", events.len());
+            return Err(BatchError::Refused { total: events.len(), refused, rule: self.contest.voters.describe() });
+        }
+        // Votes counted before are accepted already; the others are published.
+        let counted: Vec<bool> = (0..events.len()).map(|i| standings.get(i) == Some(&Standing::Counted)).collect();
         if delivery == Delivery::NoOp {
             for event in &events {
                 std::hint::black_box(event.encode());
             }
             return Ok(events.into_iter().map(|event| event.vote_id).collect());
         }
-        let results = self.publisher.publish_all(&events).await;
+        let to_publish: Vec<VoteEvent> =
+            events.iter().zip(&counted).filter(|(_, counted)| !**counted).map(|(e, _)| e.clone()).collect();
+        let mut published = self.publisher.publish_all(&to_publish).await.into_iter();
+        let results: Vec<Result<(), PublishError>> =
+            counted.iter().map(|&counted| if counted { Ok(()) } else { published.next().unwrap_or(Ok(())) }).collect();
         let mut accepted_ids = Vec::with_capacity(events.len());
         let mut failed = Vec::new();
         let mut cause = None;
@@ -147,26 +212,52 @@ impl Caster {
     }
 }
 
+impl Caster {
+    /// What the counting step knows of these votes, when ingest can ask (see [`crate::standing`]).
+    async fn standing(&self, events: &[VoteEvent]) -> Option<Vec<Standing>> {
+        self.standings.as_ref()?.of(events).await
+    }
+}
+
+/// The words of a refusal: what was refused, and the rule.
+pub fn refusal_message(reason: Refused, rule: &str) -> String {
+    match reason {
+        Refused::LimitReached => format!("this voter has used every vote of the contest ({rule})"),
+        Refused::BandLimitReached => {
+            format!("this voter has used every vote the contest allows for this band ({rule})")
+        }
+        Refused::VoteIdConflict => {
+            "this vote_id was used before for a different vote; send a new vote with a new vote_id".to_owned()
+        }
+        Refused::VotingClosed => "the vote arrived outside the voting window".to_owned(),
+    }
+}
+
 /// A new time-ordered vote id (UUIDv7), for a vote whose client sent none.
 pub fn new_vote_id() -> VoteId {
     VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid vote id")
 }
 
 /// Gives a ballot its id (the client's, or a new time-ordered one) and its acceptance time.
-fn stamp(route: Route, mut ballot: Ballot) -> VoteEvent {
+fn stamp(route: Route, mut ballot: Ballot, received_at_ms: i64) -> VoteEvent {
     let vote_id = ballot.vote_id.take().unwrap_or_else(new_vote_id);
     ballot.vote_id = Some(vote_id.clone());
-    let received_at_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     VoteEvent { vote_id, ballot, route, received_at_ms }
+}
+
+/// This process's clock, in milliseconds since the Unix epoch: a vote's acceptance time.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn accepted(route: Route, votes: usize) {
     metrics::counter!("bandvote_ingest_votes_accepted_total", "route" => route.as_str()).increment(votes as u64);
 }
 
-/// Counts refused votes by route and reason (`invalid`, `malformed`, `too_large`, `unavailable`).
+/// Counts refused votes by route and reason (`invalid`, `malformed`, `too_large`, `unavailable`,
+/// `voting_closed`).
 pub fn rejected(route: Route, reason: &'static str, votes: usize) {
     metrics::counter!("bandvote_ingest_votes_rejected_total", "route" => route.as_str(), "reason" => reason)
         .increment(votes as u64);

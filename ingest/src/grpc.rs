@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use bandvote_domain::{InvalidVote, Route, ballot::BallotInput};
+use bandvote_domain::{InvalidVote, Refused, Route, ballot::BallotInput};
 use bandvote_proto::{
     confproto::{self, get_info_server::GetInfo},
     v1::{self, votes_server::Votes},
@@ -75,6 +75,31 @@ fn from_this_host(peer: SocketAddr, local: Option<SocketAddr>) -> bool {
     ip.is_loopback() || local.is_some_and(|local| local.ip().to_canonical() == ip)
 }
 
+/// The metadata that names a refusal's code (and the window's times) for the HTTP front, which
+/// answers it as JSON.
+pub const REFUSAL_CODE: &str = "x-bandvote-refusal";
+pub const WINDOW_OPENS: &str = "x-bandvote-opens";
+pub const WINDOW_CLOSES: &str = "x-bandvote-closes";
+
+/// A refused vote: `ALREADY_EXISTS` for a reused `vote_id`, `FAILED_PRECONDITION` otherwise, with
+/// the code (and the window) in the metadata.
+fn refusal(reason: Refused, message: String, window: Option<&bandvote_domain::Window>) -> Status {
+    let mut status = if reason == Refused::VoteIdConflict {
+        Status::already_exists(message)
+    } else {
+        Status::failed_precondition(format!("{}: {message}", reason.code()))
+    };
+    let metadata = status.metadata_mut();
+    metadata.insert(REFUSAL_CODE, tonic::metadata::MetadataValue::from_static(reason.code()));
+    let times = window.map(|w| [(WINDOW_OPENS, &w.opens), (WINDOW_CLOSES, &w.closes)]).into_iter().flatten();
+    for (name, instant) in times {
+        if let Some(value) = instant.as_ref().and_then(|i| i.text.parse().ok()) {
+            metadata.insert(name, value);
+        }
+    }
+    status
+}
+
 fn input(vote: &v1::Vote) -> BallotInput {
     BallotInput::from_proto(&vote.name, &vote.album, &vote.year, &vote.rank, &vote.vote_id, &vote.voter_id)
 }
@@ -90,6 +115,11 @@ fn batch_status(err: BatchError) -> Status {
             let each: Vec<String> = invalid.iter().map(|(index, e)| format!("vote {index}: {e}")).collect();
             Status::invalid_argument(format!("{message}: {}", each.join("; ")))
         }
+        BatchError::Closed { .. } => Status::failed_precondition(message),
+        BatchError::Refused { refused, .. } => {
+            let each: Vec<String> = refused.iter().map(|(index, r)| format!("vote {index}: {}", r.code())).collect();
+            Status::failed_precondition(format!("{message}: {}", each.join("; ")))
+        }
         BatchError::Partial { failed, .. } => {
             let failed: Vec<String> = failed.iter().map(|(index, id)| format!("{index}={id}")).collect();
             Status::unavailable(format!("{message}; re-send these votes (index=vote_id): {}", failed.join(",")))
@@ -100,6 +130,8 @@ fn batch_status(err: BatchError) -> Status {
 fn status(err: CastError) -> Status {
     match err {
         CastError::Invalid(err) => invalid(err),
+        CastError::Closed { window } => refusal(Refused::VotingClosed, window.describe(), Some(&window)),
+        CastError::Refused { reason, rule } => refusal(reason, crate::cast::refusal_message(reason, &rule), None),
         CastError::Unavailable { vote_id, error } => {
             Status::unavailable(format!("{error}; try again with vote_id {vote_id}"))
         }

@@ -13,12 +13,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use bandvote_domain::{Ballot, Route, VoteId, ballot::BallotInput};
+use bandvote_domain::{Ballot, Refused, Route, VoteId, ballot::BallotInput, reply::ErrorReply};
 use bandvote_proto::v1::{self, votes_client::VotesClient};
 use tonic::{Code, codegen::http::uri::InvalidUri, transport::Channel};
 
 use crate::{
     cast::{new_vote_id, rejected},
+    grpc::{REFUSAL_CODE, WINDOW_CLOSES, WINDOW_OPENS},
     http::read_json,
     limits::{Client, FRONT_CLIENT},
     reply::{self, ApiError},
@@ -87,6 +88,27 @@ fn from_status(status: tonic::Status, vote_id: &VoteId) -> ApiError {
         .with_details(serde_json::json!({ "vote_id": vote_id.as_str() })),
         Code::ResourceExhausted => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
             .with_details(serde_json::json!({ "vote_id": vote_id.as_str() })),
+        Code::FailedPrecondition | Code::AlreadyExists => {
+            let metadata = status.metadata();
+            let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            match text(REFUSAL_CODE).as_deref().and_then(Refused::from_code) {
+                Some(reason) => {
+                    let message = message.strip_prefix(&format!("{}: ", reason.code())).unwrap_or(&message).to_owned();
+                    let mut reply = ErrorReply::refused(reason, message);
+                    for (field, name) in [("opens", WINDOW_OPENS), ("closes", WINDOW_CLOSES)] {
+                        if let Some(value) = text(name) {
+                            reply.details.insert(field.into(), value.into());
+                        }
+                    }
+                    ApiError(reply)
+                }
+                None => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    format!("the gRPC server refused: {message}"),
+                ),
+            }
+        }
         code => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "upstream_error",

@@ -165,7 +165,7 @@ mod tests {
             create_topics: false,
         };
         let publisher = Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer");
-        router(Caster::new(publisher, None, false), Limits { max_body_bytes: 1024, max_batch: 10 })
+        router(Caster::new(publisher, Default::default(), false), Limits { max_body_bytes: 1024, max_batch: 10 })
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! * The Wasm route's producer side ([`http::wasm_router`]): `POST /wasm/votes` and
 //!   `/wasm/votes/batch`, which the WebAssembly front in `ingest-wasm` forwards checked votes to.
 //!
-//! Both routes go through [`cast::Caster`]: validate, check the roster, give the vote its id, and
+//! Every route goes through [`cast::Caster`]: validate, check the contest, give the vote its id, and
 //! publish it with the process's one [`publisher::Publisher`].
 //!
 //! Invariant: a route answers success only after Kafka acknowledged the vote; when Kafka is down
@@ -20,19 +20,18 @@ pub mod http;
 pub mod limits;
 pub mod publisher;
 pub mod reply;
+pub mod standing;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
 use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, serve::ListenerExt as _};
-use bandvote_domain::Roster;
 use bandvote_ops::{
-    config::{KafkaArgs, TelemetryArgs, parse_duration},
+    config::{ContestArgs, KafkaArgs, TelemetryArgs, parse_duration},
     health,
 };
 use bandvote_proto::{confproto::get_info_server::GetInfoServer, v1::votes_server::VotesServer};
@@ -81,9 +80,6 @@ pub struct Config {
     /// Longest wait for Kafka's acknowledgement before answering 503 / UNAVAILABLE.
     #[arg(long = "kafka-produce-timeout", env = "KAFKA_PRODUCE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub produce_timeout: Duration,
-    /// JSON file of the contest's bands and albums; when set, other candidates are refused.
-    #[arg(long, env = "ROSTER_FILE")]
-    pub roster_file: Option<PathBuf>,
     /// Largest HTTP request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
@@ -124,6 +120,20 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// The Redis the consumers count in. When set, ingest answers at once what the consumers would
+    /// refuse: a voter over the contest's rule (409 `limit_reached`), a `vote_id` used before for
+    /// another vote (409 `vote_id_conflict`); a vote counted before is accepted without sending it
+    /// again. Without it the consumers still apply the rule, and log the refusals.
+    #[arg(long = "redis-url", env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// The consumers' REDIS_KEY_PREFIX.
+    #[arg(long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "bandvote")]
+    pub redis_key_prefix: String,
+    /// The consumers' RESEND_WINDOW.
+    #[arg(long = "resend-window", env = "RESEND_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub resend_window: Duration,
+    #[command(flatten)]
+    pub contest: ContestArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -149,24 +159,22 @@ impl Ingest {
                  load balancer, 0 for none); the client is that many addresses from the right"
             );
         }
-        let roster = match &config.roster_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read ROSTER_FILE {}", path.display()))?;
-                Some(
-                    Roster::from_json(&text)
-                        .with_context(|| format!("ROSTER_FILE {} is not a valid roster", path.display()))?,
-                )
-            }
-            None => None,
-        };
+        let contest = config.contest.load().map_err(anyhow::Error::msg)?.unwrap_or_default();
         bandvote_ops::telemetry::metrics();
         if let Err(err) = bandvote_ops::topics::ensure(&config.kafka).await {
             tracing::warn!(error = %err, "cannot make sure the topics exist yet; votes are refused until Kafka answers");
         }
         let publisher =
             Publisher::new(&config.kafka, config.produce_timeout).context("cannot create the Kafka producer")?;
-        let caster = Caster::new(publisher, roster, config.noop_routes);
+        let contest = Arc::new(contest);
+        let mut caster = Caster::new(publisher.clone(), contest.clone(), config.noop_routes);
+        if let Some(url) = &config.redis_url {
+            let keys = bandvote_domain::RedisKeys::new(&config.redis_key_prefix);
+            let standings = standing::Standings::connect(url, keys, config.resend_window, contest, publisher)
+                .await
+                .with_context(|| format!("cannot connect to Redis at {url}"))?;
+            caster = caster.with_standings(standings);
+        }
         let http = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;

@@ -54,6 +54,9 @@ impl Publisher {
             .set("queue.buffering.max.messages", "100000")
             .set("queue.buffering.max.kbytes", "65536")
             .set("reconnect.backoff.max.ms", "1000")
+            // Kafka's own key hash, which `VoteEvent::partition` computes too: ingest knows the
+            // partition where a voter's counts are kept.
+            .set("partitioner", "murmur2_random")
             .create()?;
         let latency =
             |result: &'static str| metrics::histogram!("bandvote_ingest_produce_latency_seconds", "result" => result);
@@ -102,7 +105,8 @@ impl Publisher {
     async fn send(&self, event: &VoteEvent) -> Result<(), PublishError> {
         let started = Instant::now();
         let payload = event.encode();
-        let record = FutureRecord::to(&self.topic).key(event.key()).payload(&payload);
+        let key = event.key();
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
         let outcome = match self.producer.send(record, Timeout::After(QUEUE_WAIT)).await {
             Ok(_) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
@@ -129,6 +133,29 @@ impl Publisher {
         })
         .await
         .map_err(|err| format!("kafka check failed: {err}"))?
+    }
+
+    /// The votes topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// How many partitions the votes topic has, from Kafka's metadata.
+    pub async fn partitions(&self) -> Result<i32, String> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(2)))
+                .map_err(|err| format!("kafka: {err}"))?;
+            match metadata.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+                _ => Err(format!("kafka: topic {topic:?} is not available")),
+            }
+        })
+        .await
+        .map_err(|err| format!("kafka metadata failed: {err}"))?
     }
 
     /// The bound on one publish, as configured.

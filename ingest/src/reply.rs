@@ -3,7 +3,7 @@
 //! answers with the same ones); errors are mapped to a status once, here.
 
 use axum::Json;
-use bandvote_domain::{VoteId, reply::ErrorReply};
+use bandvote_domain::{Refused, VoteId, reply::ErrorReply};
 pub use bandvote_ops::reply::ApiError;
 use serde_json::{Value, json};
 
@@ -11,8 +11,11 @@ use crate::cast::{BatchError, CastError};
 
 impl From<CastError> for ApiError {
     fn from(err: CastError) -> Self {
+        let err_message = err.to_string();
         match err {
             CastError::Invalid(invalid) => invalid.into(),
+            CastError::Closed { window } => ApiError(ErrorReply::voting_closed(&window)),
+            CastError::Refused { reason, .. } => ApiError(ErrorReply::refused(reason, err_message)),
             CastError::Unavailable { vote_id, error } => {
                 ApiError(ErrorReply::unavailable(format!("{error}; try again with this vote_id")))
                     .with_details(json!({ "vote_id": vote_id.as_str() }))
@@ -26,6 +29,13 @@ impl From<BatchError> for ApiError {
         let message = err.to_string();
         match err {
             BatchError::Invalid { total, invalid } => ApiError(ErrorReply::invalid_batch(total, &invalid)),
+            BatchError::Closed { window } => ApiError(ErrorReply::voting_closed(&window)),
+            BatchError::Refused { refused, .. } => {
+                let votes: Vec<Value> =
+                    refused.iter().map(|(index, reason)| json!({"index": index, "code": reason.code()})).collect();
+                let status = if refused.iter().all(|(_, r)| *r == Refused::VotingClosed) { 403 } else { 409 };
+                ApiError(ErrorReply::new(status, "refused", message)).with_details(json!({ "votes": votes }))
+            }
             BatchError::Partial { accepted, failed, .. } => {
                 let failed: Vec<Value> =
                     failed.iter().map(|(index, id)| json!({"index": index, "vote_id": id.as_str()})).collect();

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
                     },
                     partition: (n % 6) as i32,
                     offset,
+                    refused: None,
                 }
             })
             .collect();

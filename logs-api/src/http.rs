@@ -1,4 +1,4 @@
-//! The HTTP surface: `GET /votes`, `GET /votes/{vote_id}`, `GET /tallies`, `GET /openapi.json`,
+//! The HTTP surface: `GET /votes`, `GET /votes/{vote_id}`, `GET /tallies`, `GET /result`, `GET /openapi.json`,
 //! and the operational `/healthz`, `/readyz`, `/metrics`. Every answer is JSON, errors included,
 //! in the shape of [`ApiError`].
 
@@ -11,7 +11,7 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use bandvote_domain::{LogTallies, LoggedVote, VoteId, VotePage};
+use bandvote_domain::{LogId, LogTallies, LoggedVote, VotePage, vote_log::CertifiedResult};
 use bandvote_ops::{health, reply::ApiError};
 use serde_json::json;
 
@@ -45,6 +45,7 @@ pub fn router(store: VoteStore, limits: Limits) -> Router {
         .route("/votes", get(latest))
         .route("/votes/{vote_id}", get(one))
         .route("/tallies", get(tallies))
+        .route("/result", get(result))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .with_state(AppState { store, limits })
         .merge(health::routes(ready))
@@ -60,6 +61,7 @@ async fn index() -> impl IntoResponse {
         "service": "bandvote-logs-api",
         "votes": "/votes",
         "tallies": "/tallies",
+        "result": "/result",
         "openapi": "/openapi.json",
     }))
 }
@@ -81,7 +83,7 @@ async fn one(
         }));
     }
     let vote_id =
-        VoteId::parse(&vote_id).map_err(|problem| invalid(ParamError { parameter: "vote_id".into(), problem }))?;
+        LogId::parse(&vote_id).map_err(|problem| invalid(ParamError { parameter: "vote_id".into(), problem }))?;
     match state.store.one(&vote_id).await.map_err(unavailable)? {
         Some(vote) => Ok(Json(vote)),
         None => Err(ApiError::new(
@@ -95,6 +97,17 @@ async fn one(
 async fn tallies(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<LogTallies>, ApiError> {
     let filter = Filter::parse(query.as_deref()).map_err(invalid)?;
     Ok(Json(state.store.tallies(&filter).await.map_err(unavailable)?))
+}
+
+async fn result(State(state): State<AppState>) -> Result<Json<CertifiedResult>, ApiError> {
+    match state.store.result().await.map_err(unavailable)? {
+        Some(result) => Ok(Json(result)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no certified result yet: `bandvote-result` publishes it at the close (or on demand)",
+        )),
+    }
 }
 
 fn invalid(err: ParamError) -> ApiError {

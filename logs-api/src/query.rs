@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use bandvote_domain::{Route, VoteId, ballot::MAX_NAME_CHARS};
+use bandvote_domain::{LogId, Route, ballot::MAX_NAME_CHARS};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 /// How many votes a page has when `limit` is not given: the original console showed 20.
@@ -36,13 +36,14 @@ pub struct Filter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub received_at_ms: i64,
-    pub vote_id: VoteId,
+    /// The vote's log id, the tie-breaker.
+    pub id: LogId,
 }
 
 impl Cursor {
     /// The opaque text a client passes back as `cursor`.
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.received_at_ms, self.vote_id.as_str()))
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.received_at_ms, self.id.as_str()))
     }
 
     pub fn decode(text: &str) -> Result<Self, String> {
@@ -51,8 +52,8 @@ impl Cursor {
         let text = String::from_utf8(bytes).map_err(|_| NOT_OURS.to_owned())?;
         let (millis, vote_id) = text.split_once(':').ok_or_else(|| NOT_OURS.to_owned())?;
         let received_at_ms = millis.parse::<i64>().ok().filter(|ms| *ms >= 0).ok_or_else(|| NOT_OURS.to_owned())?;
-        let vote_id = VoteId::parse(vote_id).map_err(|_| NOT_OURS.to_owned())?;
-        Ok(Cursor { received_at_ms, vote_id })
+        let id = LogId::parse(vote_id).map_err(|_| NOT_OURS.to_owned())?;
+        Ok(Cursor { received_at_ms, id })
     }
 }
 
@@ -170,7 +171,7 @@ mod tests {
 
     #[test]
     fn reads_every_parameter() {
-        let cursor = Cursor { received_at_ms: 1_764_201_600_123, vote_id: VoteId::parse("v-1").unwrap() };
+        let cursor = Cursor { received_at_ms: 1_764_201_600_123, id: LogId::parse("voter-9/v-1").unwrap() };
         let query =
             page(&format!("limit=7&band=Alux%20Nahual&album=+Conquista+&route=grpc&cursor={}", cursor.encode()))
                 .unwrap();

@@ -9,7 +9,8 @@ use std::{
 };
 
 use bandvote_domain::{
-    AlbumTally, BandTally, KafkaPosition, LogTallies, LoggedVote, MongoNames, Route, RouteTally, VoteId, VotePage,
+    AlbumTally, BandTally, CertifiedResult, KafkaPosition, LogId, LogTallies, LoggedVote, MongoNames, Route,
+    RouteTally, VotePage, VoteStatus,
 };
 use futures::TryStreamExt;
 use mongodb::{
@@ -43,7 +44,9 @@ pub enum StoreError {
 #[derive(Debug, Deserialize)]
 struct StoredVote {
     #[serde(rename = "_id")]
-    vote_id: String,
+    id: String,
+    /// Absent in documents written before log ids were scoped by the voter: the `_id` then.
+    vote_id: Option<String>,
     name: String,
     album: String,
     year: i32,
@@ -52,6 +55,9 @@ struct StoredVote {
     voter_id: Option<String>,
     received_at: DateTime,
     kafka: StoredPosition,
+    #[serde(default)]
+    status: VoteStatus,
+    reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,7 +70,8 @@ impl StoredVote {
     fn into_view(self) -> LoggedVote {
         LoggedVote {
             received_at: rfc3339_millis(self.received_at),
-            vote_id: self.vote_id,
+            vote_id: self.vote_id.unwrap_or_else(|| self.id.clone()),
+            id: self.id,
             name: self.name,
             album: self.album,
             year: self.year,
@@ -72,14 +79,13 @@ impl StoredVote {
             route: self.route,
             voter_id: self.voter_id,
             kafka: KafkaPosition { partition: self.kafka.partition, offset: self.kafka.offset },
+            status: self.status,
+            reason: self.reason,
         }
     }
 
     fn cursor(&self) -> Option<Cursor> {
-        Some(Cursor {
-            received_at_ms: self.received_at.timestamp_millis(),
-            vote_id: VoteId::parse(&self.vote_id).ok()?,
-        })
+        Some(Cursor { received_at_ms: self.received_at.timestamp_millis(), id: LogId::parse(&self.id).ok()? })
     }
 }
 
@@ -97,6 +103,7 @@ type TallyCache = Arc<Mutex<HashMap<Filter, (Instant, LogTallies)>>>;
 pub struct VoteStore {
     client: Client,
     votes: Collection<Document>,
+    results: Collection<Document>,
     timeout: Duration,
     tally_ttl: Duration,
     tallies: TallyCache,
@@ -116,7 +123,8 @@ impl VoteStore {
         options.connect_timeout.get_or_insert(timeout);
         let client = Client::with_options(options)?;
         let votes = client.database(&names.database).collection(&names.collection);
-        Ok(VoteStore { client, votes, timeout, tally_ttl, tallies: Arc::default() })
+        let results = client.database(&names.database).collection(MongoNames::RESULTS);
+        Ok(VoteStore { client, votes, results, timeout, tally_ttl, tallies: Arc::default() })
     }
 
     pub async fn ping(&self) -> Result<(), String> {
@@ -132,10 +140,7 @@ impl VoteStore {
             let at = DateTime::from_millis(cursor.received_at_ms);
             filter.insert(
                 "$or",
-                vec![
-                    doc! {"received_at": {"$lt": at}},
-                    doc! {"received_at": at, "_id": {"$lt": cursor.vote_id.as_str()}},
-                ],
+                vec![doc! {"received_at": {"$lt": at}}, doc! {"received_at": at, "_id": {"$lt": cursor.id.as_str()}}],
             );
         }
         let limit = i64::from(query.limit);
@@ -162,17 +167,32 @@ impl VoteStore {
         Ok(VotePage { votes: stored.into_iter().map(StoredVote::into_view).collect(), next_cursor })
     }
 
-    pub async fn one(&self, vote_id: &VoteId) -> Result<Option<LoggedVote>, StoreError> {
+    pub async fn one(&self, id: &LogId) -> Result<Option<LoggedVote>, StoreError> {
         let found = self
             .bounded(async {
                 self.votes
                     .clone_with_type::<StoredVote>()
-                    .find_one(doc! {"_id": vote_id.as_str()})
+                    .find_one(doc! {"_id": id.as_str()})
                     .max_time(self.timeout)
                     .await
             })
             .await?;
         Ok(found.map(StoredVote::into_view))
+    }
+
+    /// The certified result, once `bandvote-result` has published one.
+    pub async fn result(&self) -> Result<Option<CertifiedResult>, StoreError> {
+        let found = self
+            .bounded(async {
+                self.results
+                    .clone_with_type::<CertifiedResult>()
+                    .find_one(doc! {"_id": MongoNames::FINAL_RESULT})
+                    .projection(doc! {"_id": 0})
+                    .max_time(self.timeout)
+                    .await
+            })
+            .await?;
+        Ok(found)
     }
 
     /// Counts per band, album and route by aggregation, reused for `TALLY_CACHE` per filter.
@@ -202,7 +222,7 @@ impl VoteStore {
     /// Groups the filtered log by (band, album, route) and computes `value` for each group.
     async fn group(&self, filter: &Filter, value: Document) -> Result<Vec<Document>, StoreError> {
         let pipeline = [
-            doc! {"$match": filter_document(filter)},
+            doc! {"$match": counted_only(filter_document(filter))},
             doc! {"$group": {"_id": {"name": "$name", "album": "$album", "route": "$route"}, "value": value}},
             doc! {"$limit": (MAX_TALLY_GROUPS + 1) as i64},
         ];
@@ -221,6 +241,12 @@ impl VoteStore {
         metrics::histogram!("bandvote_logs_api_query_seconds").record(started.elapsed().as_secs_f64());
         Ok(result.map_err(|_| StoreError::TimedOut(self.timeout))??)
     }
+}
+
+/// Only the votes that were counted (a refused vote is in the log, not in the tallies).
+fn counted_only(mut filter: Document) -> Document {
+    filter.insert("status", doc! {"$ne": "refused"});
+    filter
 }
 
 /// The filter as a document of plain string values: whatever a request says is compared as text.

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bandvote_domain::{LogTallies, VotePage};
+use bandvote_domain::{CertifiedResult, LogTallies, VotePage};
 use serde::de::DeserializeOwned;
 
 use crate::app::Filter;
@@ -85,11 +85,16 @@ impl LogsApi {
         if !cursor.is_empty() {
             params.push(("cursor", cursor.to_owned()));
         }
-        self.get("/votes", &params).await
+        self.get("/votes", &params).await?.ok_or_else(|| "the logs API has no /votes".to_owned())
     }
 
     pub async fn tallies(&self, filter: &Filter) -> Result<LogTallies, String> {
-        self.get("/tallies", &filter.params()).await
+        self.get("/tallies", &filter.params()).await.map(|found| found.unwrap_or_default())
+    }
+
+    /// The certified result, once one is published (`None` before).
+    pub async fn result(&self) -> Result<Option<CertifiedResult>, String> {
+        self.get("/result", &[]).await
     }
 
     /// Whether the logs API process answers (not whether MongoDB does: that is the API's own
@@ -104,7 +109,8 @@ impl LogsApi {
         }
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str, params: &[(&str, String)]) -> Result<T, String> {
+    /// GETs `path`; `None` when the API answers 404 `not_found`.
+    async fn get<T: DeserializeOwned>(&self, path: &str, params: &[(&str, String)]) -> Result<Option<T>, String> {
         let mut request = self.http.get(format!("{}{path}", self.base)).query(params);
         if let Some(token) = self.id_token().await? {
             request = request.bearer_auth(token);
@@ -114,7 +120,11 @@ impl LogsApi {
         let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
         if status.is_success() {
             return serde_json::from_slice(&body)
+                .map(Some)
                 .map_err(|e| format!("the logs API answered {path} with a body this console cannot read: {e}"));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
         }
         // The API's errors say what was wrong: `{"error": {"message": ...}}`.
         let message = serde_json::from_slice::<serde_json::Value>(&body)

@@ -4,7 +4,7 @@
 //! form that reloads the same view, and older pages are links. With JavaScript the same controls
 //! refresh in place, and the page refreshes itself every few seconds while "Live" is on.
 
-use bandvote_domain::{LogTallies, LoggedVote, VotePage};
+use bandvote_domain::{CertifiedResult, LogTallies, LoggedVote, VotePage, VoteStatus};
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::{
@@ -75,6 +75,12 @@ pub async fn fetch_tallies(filter: Filter) -> Result<LogTallies, ServerFnError> 
     api.tallies(&filter).await.map_err(ServerFnError::new)
 }
 
+#[server]
+pub async fn fetch_result() -> Result<Option<CertifiedResult>, ServerFnError> {
+    let api = expect_context::<crate::api::LogsApi>();
+    api.result().await.map_err(ServerFnError::new)
+}
+
 /// The HTML document around the app.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
     view! {
@@ -137,6 +143,7 @@ fn Console() -> impl IntoView {
         |(filter, cursor, _)| fetch_votes(filter, cursor),
     );
     let tallies = Resource::new(move || (filter.get(), refresh.get()), |(filter, _)| fetch_tallies(filter));
+    let result = Resource::new(move || refresh.get(), |_| fetch_result());
 
     // In the browser only: refresh in place while "Live" is on.
     Effect::new(move |_| {
@@ -159,6 +166,12 @@ fn Console() -> impl IntoView {
                 <h1>"Logs console"</h1>
                 <p class="subtitle">"bandvote · the latest votes of the Guatemalan band contest, newest first"</p>
             </header>
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    let result = result.await.ok().flatten();
+                    view! { <ResultBanner result=result /> }
+                })}
+            </Transition>
             <div class="layout">
                 <section class="terminal-panel" aria-labelledby="log-heading">
                     <div class="toolbar">
@@ -214,6 +227,35 @@ fn Console() -> impl IntoView {
     }
 }
 
+/// "Voting closed" and the final result, once the certified result of a closed contest is out.
+#[component]
+fn ResultBanner(result: Option<CertifiedResult>) -> impl IntoView {
+    let result = result.filter(|r| r.status == "closed")?;
+    let title = match &result.contest {
+        Some(name) => format!("Voting closed · {name}"),
+        None => "Voting closed".to_owned(),
+    };
+    let refused = (result.refused > 0).then(|| format!(", {} refused", result.refused));
+    Some(view! {
+        <section class="result" id="result" aria-labelledby="result-heading">
+            <h2 id="result-heading">{title}</h2>
+            <p>
+                {format!("Final result: {} votes counted", result.counted)}
+                {refused}
+                {result.window.closes.clone().map(|closes| format!(" (voting closed at {closes})"))}
+            </p>
+            <ol class="result-bands">
+                {result
+                    .bands
+                    .into_iter()
+                    .map(|band| view! { <li><span class="band">{band.name}</span> {format!(" {} votes", band.votes)}</li> })
+                    .collect_view()}
+            </ol>
+            <p class="digest">"Log digest " <code>{result.digest}</code></p>
+        </section>
+    })
+}
+
 #[component]
 fn Log(page: Result<VotePage, ServerFnError>, filter: Filter, cursor: String) -> impl IntoView {
     let page = match page {
@@ -261,6 +303,8 @@ fn Log(page: Result<VotePage, ServerFnError>, filter: Filter, cursor: String) ->
 fn VoteLine(vote: LoggedVote) -> impl IntoView {
     let (date, time) = split_timestamp(&vote.received_at);
     let rank = format!("{}", vote.rank);
+    // A vote the contest's rule refused is in the log, marked, and not in the tallies.
+    let refused = (vote.status == VoteStatus::Refused).then(|| vote.reason.clone().unwrap_or_default());
     view! {
         <li class="line vote" data-vote-id=vote.vote_id.clone()>
             <span aria-hidden="true">"> "</span>
@@ -271,6 +315,7 @@ fn VoteLine(vote: LoggedVote) -> impl IntoView {
             <span class="album">{vote.album}</span>
             {format!(" ({}) rank {rank} ", vote.year)}
             <span class=format!("route route-{}", vote.route)>{vote.route.to_string()}</span>
+            {refused.map(|reason| view! { " " <span class="refused">{format!("refused: {reason}")}</span> })}
         </li>
     }
 }

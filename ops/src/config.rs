@@ -70,6 +70,32 @@ pub struct MongoArgs {
     pub database: String,
 }
 
+/// The contest file (bands and albums, the voting window, the per-voter rule; see
+/// `contest.example.json`). Ingest and the consumer read the same file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ContestArgs {
+    /// JSON file of the contest: `bands` (others are refused), `voting.opens`/`voting.closes` (RFC 3339;
+    /// votes outside are refused), `voters` (`max_votes`, `max_votes_per_band`, `required`). Without
+    /// it the contest is open to any band, at any time, for anyone, like the original.
+    #[arg(long = "contest-file", env = "CONTEST_FILE")]
+    pub file: Option<std::path::PathBuf>,
+    /// The earlier name of CONTEST_FILE (a file of only `bands`); the same format is read.
+    #[arg(long = "roster-file", env = "ROSTER_FILE", conflicts_with = "file")]
+    pub roster_file: Option<std::path::PathBuf>,
+}
+
+impl ContestArgs {
+    /// Reads the contest file; `None` without one. The error names the file and what is wrong in it.
+    pub fn load(&self) -> Result<Option<bandvote_domain::Contest>, String> {
+        let Some(path) = self.file.as_ref().or(self.roster_file.as_ref()) else { return Ok(None) };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read the contest file {}: {e}", path.display()))?;
+        bandvote_domain::Contest::from_json(&text)
+            .map(Some)
+            .map_err(|e| format!("the contest file {} is not valid: {e}", path.display()))
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {

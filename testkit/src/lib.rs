@@ -235,6 +235,13 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawRecord> {
     records
 }
 
+/// The votes refused when they were counted, by reason code (`<prefix>:votes:refused`).
+pub async fn read_refused(redis_url: &str, prefix: &str) -> BTreeMap<String, u64> {
+    let client = redis::Client::open(redis_url).expect("valid Redis URL");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
+    redis::cmd("HGETALL").arg(RedisKeys::new(prefix).refused()).query_async(&mut redis).await.expect("HGETALL")
+}
+
 /// Deletes every Redis key under `prefix`.
 pub async fn clear_redis(redis_url: &str, prefix: &str) {
     let client = redis::Client::open(redis_url).expect("valid Redis URL");

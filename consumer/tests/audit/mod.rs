@@ -11,7 +11,7 @@ use mongodb::bson::doc;
 use super::{Pipeline, json_vote, send_load};
 
 impl Pipeline {
-    fn audit_config(&self, extra: &[&str]) -> AuditConfig {
+    pub(crate) fn audit_config(&self, extra: &[&str]) -> AuditConfig {
         let args = [
             "bandvote-audit".to_owned(),
             format!("--kafka-brokers={}", self.services.kafka_brokers),

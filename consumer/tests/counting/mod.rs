@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use bandvote_consumer::tally::{Applied, Counted, Origin, PartitionBatch, Tally};
+use bandvote_consumer::tally::{Applied, Counted, Decision, Origin, PartitionBatch, Rules, Tally};
 use bandvote_domain::{
-    Ballot, RedisKeys, ResendWindow, Route, VoteEvent,
+    Ballot, RedisKeys, Refused, ResendWindow, Route, VoteEvent,
     ballot::{BallotInput, VoteId},
 };
 use bandvote_testkit::{Services, read_tallies, unique};
@@ -23,9 +23,11 @@ fn event(id: &str, n: usize, received_at_ms: i64) -> VoteEvent {
     }
 }
 
-/// Counts `votes` (id, acceptance ms) as the records at `first..` of partition 0.
+/// Counts `votes` (id, acceptance ms) as the records at `first..` of partition 0. Copies of one id
+/// are the same vote (the content follows the id).
 async fn apply(tally: &Tally, origin: Origin, first: i64, votes: &[(&str, i64)]) -> Applied {
-    let events: Vec<VoteEvent> = votes.iter().enumerate().map(|(n, (id, ms))| event(id, n, *ms)).collect();
+    let events: Vec<VoteEvent> =
+        votes.iter().map(|(id, ms)| event(id, id.bytes().map(usize::from).sum(), *ms)).collect();
     let batch = PartitionBatch {
         partition: 0,
         origin,
@@ -80,5 +82,104 @@ async fn positions_and_the_resend_window_count_each_vote_once() {
     let tallies = read_tallies(&services.redis_url, &prefix).await;
     assert_eq!(tallies.total, 5, "a, b, c, d, and b again past the window");
     assert_eq!(tallies.per_second_sum, 5);
+    bandvote_testkit::clear_redis(&services.redis_url, &prefix).await;
+}
+
+/// A vote of `voter` (or none) for a band, with an id and an acceptance time.
+fn ballot(voter: Option<&str>, id: &str, band: &str, rank: &str, received_at_ms: i64) -> VoteEvent {
+    let mut input = serde_json::json!({"name": band, "album": "Primero", "year": "1990", "rank": rank});
+    if let Some(voter) = voter {
+        input["voter_id"] = serde_json::json!(voter);
+    }
+    VoteEvent {
+        vote_id: VoteId::parse(id).expect("an id"),
+        ballot: Ballot::parse(&BallotInput::from_json(&input).expect("a vote")).expect("a valid vote"),
+        route: Route::Http,
+        received_at_ms,
+    }
+}
+
+async fn decide(tally: &Tally, origin: Origin, first: i64, votes: &[VoteEvent]) -> Counted {
+    let batch = PartitionBatch {
+        partition: 0,
+        origin,
+        votes: votes.iter().enumerate().map(|(i, e)| (first + i as i64, e)).collect(),
+        dead_letters: Vec::new(),
+    };
+    counted(tally.apply(&batch).await.expect("Redis answers"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contest_rules_refuse_exactly_and_a_redelivery_gets_the_same_decisions() {
+    use Decision::{Counted as C, Refused as R};
+    let services = Services::local();
+    let prefix = unique("rules");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let rules = Rules {
+        opens_ms: Some(now - 60_000),
+        closes_ms: Some(now + 60_000),
+        max_votes: Some(3),
+        max_votes_per_band: Some(2),
+    };
+    let tally = Tally::connect(&services.redis_url, RedisKeys::new(&prefix), "votes", Duration::from_secs(3600))
+        .await
+        .expect("Redis")
+        .with_rules(rules);
+
+    let first = [
+        ballot(Some("ana"), "1", "X", "9", now),
+        ballot(Some("ana"), "2", "X", "8", now),
+        ballot(Some("ana"), "3", "X", "7", now),
+        ballot(Some("ana"), "4", "Y", "6", now),
+        ballot(Some("ana"), "5", "Z", "5", now),
+        // Another voter may use the same vote ids: they are hers.
+        ballot(Some("bea"), "1", "X", "9", now),
+        ballot(None, "late", "X", "9", now + 61_000),
+    ];
+    let decided = decide(&tally, Origin::Start(0), 0, &first).await;
+    let expected = vec![C, C, R(Refused::BandLimitReached), C, R(Refused::LimitReached), C, R(Refused::VotingClosed)];
+    assert_eq!(decided.decisions, expected);
+    assert_eq!(decided.counted, 4);
+
+    // Delivered again after a crash: below the position, with the decisions it had.
+    let again = decide(&tally, Origin::At(0), 0, &first).await;
+    assert_eq!((again.counted, again.redelivered), (0, 7));
+    assert_eq!(again.decisions, expected);
+
+    // Re-sent by the clients: the same vote repeats its decision, another vote under a used id is a
+    // conflict, and a conflict re-sent repeats.
+    let resent = [
+        ballot(Some("ana"), "1", "X", "9", now),
+        ballot(Some("ana"), "5", "Z", "5", now),
+        ballot(Some("ana"), "1", "Y", "1", now),
+        ballot(Some("ana"), "1", "Y", "1", now),
+    ];
+    let decided = decide(&tally, Origin::At(7), 7, &resent).await;
+    assert_eq!(
+        decided.decisions,
+        vec![C, R(Refused::LimitReached), R(Refused::VoteIdConflict), R(Refused::VoteIdConflict)]
+    );
+    assert_eq!((decided.counted, decided.repeated), (0, 3));
+
+    let mut redis = redis::Client::open(services.redis_url.as_str())
+        .expect("URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let keys = RedisKeys::new(&prefix);
+    let refused: std::collections::BTreeMap<String, u64> =
+        redis::cmd("HGETALL").arg(keys.refused()).query_async(&mut redis).await.expect("HGETALL");
+    let expected_refused: std::collections::BTreeMap<String, u64> =
+        [("band_limit_reached", 1), ("limit_reached", 1), ("vote_id_conflict", 1), ("voting_closed", 1)]
+            .map(|(k, v)| (k.to_owned(), v))
+            .into();
+    assert_eq!(refused, expected_refused, "each refused vote once, however often it came");
+    let used: std::collections::BTreeMap<String, u64> =
+        redis::cmd("HGETALL").arg(keys.voters("votes", 0)).query_async(&mut redis).await.expect("HGETALL");
+    assert_eq!(used.get("ana"), Some(&3));
+    assert_eq!(used.get("ana|X"), Some(&2));
+    assert_eq!(used.get("bea"), Some(&1));
+    let tallies = read_tallies(&services.redis_url, &prefix).await;
+    assert_eq!(tallies.total, 4);
     bandvote_testkit::clear_redis(&services.redis_url, &prefix).await;
 }

@@ -102,7 +102,14 @@ async fn a_killed_partition_leader_loses_no_accepted_vote_and_two_nodes_down_ref
     let partitions = cluster.wait_for_isr(&topic, 3).await;
     assert_eq!(partitions.len(), 6, "{partitions:?}");
     assert!(partitions.iter().all(|p| p.replicas.len() == 3), "three replicas each: {partitions:?}");
-    assert_eq!(cluster.topic_config(&topic, "min.insync.replicas").await.as_deref(), Some("2"));
+    // A new topic's configuration can take a moment to be described on every broker.
+    wait_for("the topic to need two in-sync replicas", Duration::from_secs(30), || async {
+        match cluster.topic_config(&topic, "min.insync.replicas").await.as_deref() {
+            Some("2") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 
     let ingest = bandvote_ingest::Ingest::build(config).await.expect("ingest starts");
     let url = format!("http://{}/votes", ingest.http_addr());
