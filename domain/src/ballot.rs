@@ -190,11 +190,17 @@ impl Ballot {
 /// Cf: zero-width spaces and joiners, bidirectional controls, the byte order mark...), which
 /// would make two names that look the same differ.
 fn parse_name(input: &Input) -> Result<String, String> {
-    let text = match input {
-        Input::Text(text) => text.trim(),
-        Input::Missing => return Err("is required".into()),
-        other => return Err(format!("must be a string, got {}", other.type_name())),
-    };
+    match input {
+        Input::Text(text) => normal_name(text),
+        Input::Missing => Err("is required".into()),
+        other => Err(format!("must be a string, got {}", other.type_name())),
+    }
+}
+
+/// A band or album name as votes and the contest file compare it: trimmed, in Unicode NFC, at most
+/// [`MAX_NAME_CHARS`] characters, without control or invisible format characters.
+pub fn normal_name(text: &str) -> Result<String, String> {
+    let text = text.trim();
     if text.is_empty() {
         return Err("must not be empty".into());
     }

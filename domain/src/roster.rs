@@ -22,6 +22,8 @@ pub enum RosterError {
     Empty,
     #[error("band {0:?} in the roster lists no albums")]
     NoAlbums(String),
+    #[error("{what} {name:?} in the roster {problem}")]
+    BadName { what: &'static str, name: String, problem: String },
 }
 
 #[derive(Deserialize)]
@@ -42,12 +44,20 @@ impl Roster {
             return Err(RosterError::Empty);
         }
         let mut bands = BTreeMap::new();
+        // Names are compared as votes are: the same normal form, the same rules.
+        let normal = |what, name: &str| {
+            crate::ballot::normal_name(name).map_err(|problem| RosterError::BadName {
+                what,
+                name: name.to_owned(),
+                problem,
+            })
+        };
         for band in file.bands {
             if band.albums.is_empty() {
                 return Err(RosterError::NoAlbums(band.name));
             }
-            let albums = band.albums.iter().map(|a| a.trim().to_owned()).collect();
-            bands.insert(band.name.trim().to_owned(), albums);
+            let albums = band.albums.iter().map(|a| normal("album", a)).collect::<Result<_, _>>()?;
+            bands.insert(normal("band", &band.name)?, albums);
         }
         Ok(Roster { bands })
     }
@@ -93,6 +103,18 @@ mod tests {
             "name: \"Nobody\" is not a band in this contest"
         );
         assert_eq!(roster.check(&vote("Alux Nahual", "Other")).expect_err("unknown").field, "album");
+    }
+
+    #[test]
+    fn roster_names_are_in_the_normal_form_votes_are_compared_in() {
+        // "Resistiré" written with a combining accent, as some editors save it.
+        let roster =
+            Roster::from_json(r#"{"bands": [{"name": "Malacates", "albums": ["Resistire\u0301"]}]}"#).expect("roster");
+        let vote = Ballot::from_json(&json!({"name": "Malacates", "album": "Resistiré", "year": "1990", "rank": "5"}))
+            .expect("valid");
+        assert_eq!(roster.check(&vote), Ok(()));
+        let hidden = Roster::from_json(r#"{"bands": [{"name": "Alux\u200bNahual", "albums": ["A"]}]}"#);
+        assert!(matches!(hidden, Err(RosterError::BadName { what: "band", .. })), "{hidden:?}");
     }
 
     #[test]

@@ -88,8 +88,8 @@ impl ContestArgs {
     /// Reads the contest file; `None` without one. The error names the file and what is wrong in it.
     pub fn load(&self) -> Result<Option<bandvote_domain::Contest>, String> {
         let Some(path) = self.file.as_ref().or(self.roster_file.as_ref()) else { return Ok(None) };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read the contest file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the contest file {}: {e}", path.display()))?;
         bandvote_domain::Contest::from_json(&text)
             .map(Some)
             .map_err(|e| format!("the contest file {} is not valid: {e}", path.display()))

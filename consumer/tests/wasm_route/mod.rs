@@ -377,3 +377,25 @@ async fn the_wasm_route_limits_the_client_the_load_balancer_saw() {
     drop(front);
     producer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wasm_route_refuses_votes_outside_the_voting_window() {
+    let pipeline = Pipeline::start("wasm-closed").await;
+    let contest = std::env::temp_dir().join(format!("{}.json", unique("wasm-contest")));
+    // A window that has not opened yet.
+    let contest_text = json!({"voting": {"opens": "2099-01-01T00:00:00Z", "closes": "2099-01-02T00:00:00Z"}});
+    std::fs::write(&contest, contest_text.to_string()).expect("the contest file");
+    let contest_arg = format!("--contest-file={}", contest.display());
+    let producer = Native::start(&pipeline.services, &pipeline.topic, "wasm", &[&contest_arg]).await;
+    let front = WasmFront::start(&producer, &[]).await;
+    for path in ["/wasm/votes", "/rust/send_data"] {
+        let (status, reply) = front.post(path, &json_vote(1)).await;
+        assert_eq!((status, reply["error"]["code"].as_str()), (403, Some("voting_closed")), "{path}: {reply}");
+        assert_eq!(reply["error"]["opens"], "2099-01-01T00:00:00Z", "{reply}");
+    }
+    let (status, reply) = front.post("/wasm/votes/batch", &json!([json_vote(2), json_vote(3)])).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (403, Some("voting_closed")), "{reply}");
+    assert!(read_topic(&pipeline.services.kafka_brokers, &pipeline.topic).is_empty(), "nothing reached Kafka");
+    producer.stop().await;
+    pipeline.finish().await;
+}
