@@ -419,6 +419,7 @@ pub async fn run(config: &SuiteConfig) -> anyhow::Result<SuiteReport> {
         ingest_args: vec!["--noop-routes=true".into()],
         consumers: 0,
         log_through_proxy: false,
+        kafka_nodes: 1,
         logs: Some(config.out.join("logs")),
     };
     eprintln!("bench: starting Kafka, Redis, FerretDB and ingest");

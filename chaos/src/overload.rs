@@ -180,6 +180,7 @@ pub async fn run(config: &OverloadConfig) -> anyhow::Result<OverloadReport> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     report.counted = stack.counted().await;
+    stack.shutdown().await;
     Ok(report)
 }
 

@@ -1,19 +1,66 @@
 //! The private pipeline the chaos run breaks: servers, proxy, ingest and consumers as processes.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
+    future::Future,
+    panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     process::{Child, Command},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use bandvote_domain::RedisKeys;
-use bandvote_testkit::servers::{Kind, PrivateServer, SlowProxy, free_port};
+use bandvote_ops::config::KafkaArgs;
+use bandvote_testkit::{
+    cluster::KafkaCluster,
+    servers::{Kind, PrivateServer, SlowProxy, free_port},
+    wait_until,
+};
+use futures::FutureExt as _;
 use mongodb::bson::{Document, doc};
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer as _},
+};
+
+/// The stack's Kafka: one broker, or a cluster of nodes shaped like production.
+pub enum Kafka {
+    /// One KRaft node (the benchmarks and the overload run).
+    Broker(PrivateServer),
+    /// Three or more nodes: replication factor 3, `min.insync.replicas=2` (the chaos run).
+    Cluster(KafkaCluster),
+}
+
+impl Kafka {
+    async fn start(nodes: usize) -> anyhow::Result<Self> {
+        if nodes <= 1 {
+            return Ok(Kafka::Broker(tokio::task::spawn_blocking(|| PrivateServer::start(Kind::Kafka)).await?));
+        }
+        let cluster = without_panic(KafkaCluster::start(nodes)).await;
+        Ok(Kafka::Cluster(cluster.map_err(anyhow::Error::msg).context("the Kafka cluster does not start")?))
+    }
+
+    /// The bootstrap servers: every broker, comma separated.
+    pub fn url(&self) -> String {
+        match self {
+            Kafka::Broker(broker) => broker.url(),
+            Kafka::Cluster(cluster) => cluster.brokers(),
+        }
+    }
+
+    /// The replication factor of the stack's topics: the nodes, up to 3.
+    pub fn replication_factor(&self) -> i32 {
+        match self {
+            Kafka::Broker(_) => 1,
+            Kafka::Cluster(cluster) => cluster.brokers().split(',').count().min(3) as i32,
+        }
+    }
+}
 
 pub struct Stack {
-    pub kafka: PrivateServer,
+    pub kafka: Kafka,
     pub redis: PrivateServer,
     pub mongo: PrivateServer,
     /// In front of `mongo`; the consumers log through it.
@@ -23,13 +70,20 @@ pub struct Stack {
     /// Ingest's `/healthz`, `/readyz` and `/metrics`.
     pub ops_url: String,
     bin_dir: PathBuf,
-    ingest: Child,
+    /// Ingest's command line (the same ports at every start).
+    ingest_args: Vec<String>,
+    ingest: Option<Child>,
     consumers: Vec<Option<Child>>,
     /// Each consumer replica's metrics port.
     consumer_ports: Vec<u16>,
     /// Where the consumers log: the proxy, or MongoDB itself.
     log_address: String,
+    mongo_client: mongodb::Client,
     log: mongodb::Collection<Document>,
+    /// Reads the consumer group's committed offsets and the partitions' ends.
+    offsets: OffsetReader,
+    /// Reads the consumers' metrics.
+    http: reqwest::Client,
     logs: PathBuf,
 }
 
@@ -42,14 +96,47 @@ pub struct Layout {
     pub consumers: usize,
     /// Whether the consumers reach MongoDB through the slow proxy (or directly).
     pub log_through_proxy: bool,
+    /// Kafka nodes: 1 runs one broker; 3 runs a cluster shaped like production.
+    pub kafka_nodes: usize,
     /// Folder of the processes' logs (default: `CHAOS_LOGS`, else `bandvote-chaos` in the
     /// temporary folder).
     pub logs: Option<PathBuf>,
 }
 
+/// A Kafka client for offsets that is made again after an error: after a node of the cluster is
+/// killed and restarted, librdkafka's metadata cache can go on answering "unknown partition" for
+/// minutes.
+struct OffsetReader {
+    config: rdkafka::ClientConfig,
+    client: std::sync::Mutex<Arc<BaseConsumer>>,
+}
+
+impl OffsetReader {
+    fn new(config: rdkafka::ClientConfig) -> anyhow::Result<Self> {
+        let client = config.create().context("a Kafka client for the group's offsets")?;
+        Ok(OffsetReader { config, client: std::sync::Mutex::new(Arc::new(client)) })
+    }
+
+    /// Runs `read` with the client off the async threads; after an error the next read gets a new
+    /// client.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&BaseConsumer) -> Result<T, rdkafka::error::KafkaError> + Send + 'static,
+    ) -> Result<T, String> {
+        let client = Arc::clone(&self.client.lock().expect("the offsets client"));
+        let outcome = tokio::task::spawn_blocking(move || read(&client)).await.map_err(|e| e.to_string())?;
+        if outcome.is_err()
+            && let Ok(fresh) = self.config.create()
+        {
+            *self.client.lock().expect("the offsets client") = Arc::new(fresh);
+        }
+        outcome.map_err(|e| e.to_string())
+    }
+}
+
 impl Default for Layout {
     fn default() -> Self {
-        Layout { ingest_args: Vec::new(), consumers: 2, log_through_proxy: true, logs: None }
+        Layout { ingest_args: Vec::new(), consumers: 2, log_through_proxy: true, kafka_nodes: 1, logs: None }
     }
 }
 
@@ -67,6 +154,8 @@ impl Stack {
         Self::start_with(bin_dir, &Layout::default()).await
     }
 
+    /// Starts the servers, ingest and `layout.consumers` consumers. Call [`Stack::shutdown`] when
+    /// done.
     pub async fn start_with(bin_dir: &Path, layout: &Layout) -> anyhow::Result<Self> {
         for binary in ["bandvote-ingest", "bandvote-consumer"] {
             anyhow::ensure!(
@@ -75,36 +164,36 @@ impl Stack {
                 bin_dir.display()
             );
         }
-        let (kafka, redis, mongo) = tokio::task::spawn_blocking(|| {
-            (PrivateServer::start(Kind::Kafka), PrivateServer::start(Kind::Redis), PrivateServer::start(Kind::Mongo))
-        })
-        .await?;
+        let stores =
+            tokio::task::spawn_blocking(|| (PrivateServer::start(Kind::Redis), PrivateServer::start(Kind::Mongo)));
+        let (kafka, stores) = tokio::join!(Kafka::start(layout.kafka_nodes), stores);
+        let (kafka, (redis, mongo)) = (kafka?, stores?);
         let proxy = SlowProxy::start(mongo.address()).await;
-        create_topics(&kafka.url()).await?;
+        create_topics(&kafka.url(), kafka.replication_factor()).await?;
 
         let (http_port, grpc_port, ops_port) = (free_port(), free_port(), free_port());
         let logs = layout.logs.clone().unwrap_or_else(|| {
             std::env::var_os("CHAOS_LOGS").map_or_else(|| std::env::temp_dir().join("bandvote-chaos"), PathBuf::from)
         });
-        let ingest = Command::new(bin_dir.join("bandvote-ingest"))
-            .args([
-                format!("--port={http_port}"),
-                format!("--grpc-port={grpc_port}"),
-                format!("--ops-port={ops_port}"),
-                format!("--kafka-brokers={}", kafka.url()),
-                format!("--kafka-topic={}", Self::TOPIC),
-                "--kafka-produce-timeout=2s".into(),
-            ])
-            .args(&layout.ingest_args)
-            .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(log_file(&logs, "ingest")?)
-            .stderr(log_file(&logs, "ingest")?)
-            .spawn()
-            .context("bandvote-ingest does not start")?;
-        let log = mongodb::Client::with_uri_str(format!("{}?serverSelectionTimeoutMS=2000", mongo.url()))
-            .await?
-            .database(Self::DATABASE)
-            .collection(bandvote_domain::MongoNames::VOTES);
+        let mut ingest_args = vec![
+            format!("--port={http_port}"),
+            format!("--grpc-port={grpc_port}"),
+            format!("--ops-port={ops_port}"),
+            format!("--kafka-brokers={}", kafka.url()),
+            format!("--kafka-topic={}", Self::TOPIC),
+            format!("--kafka-replication-factor={}", kafka.replication_factor()),
+            "--kafka-produce-timeout=2s".into(),
+        ];
+        ingest_args.extend(layout.ingest_args.iter().cloned());
+        let mut offsets_config =
+            kafka_args(&kafka.url(), kafka.replication_factor()).client_config("bandvote-chaos-offsets");
+        offsets_config.set("group.id", Self::GROUP).set("enable.auto.commit", "false");
+        let offsets = OffsetReader::new(offsets_config)?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+        // Made last: from here on every way out shuts it down (see `shutdown`).
+        let mongo_client =
+            mongodb::Client::with_uri_str(format!("{}?serverSelectionTimeoutMS=2000", mongo.url())).await?;
+        let log = mongo_client.database(Self::DATABASE).collection(bandvote_domain::MongoNames::VOTES);
         let mut stack = Stack {
             kafka,
             redis,
@@ -114,24 +203,67 @@ impl Stack {
             grpc_url: format!("http://127.0.0.1:{grpc_port}"),
             ops_url: format!("http://127.0.0.1:{ops_port}"),
             bin_dir: bin_dir.to_path_buf(),
-            ingest,
+            ingest_args,
+            ingest: None,
             consumers: Vec::new(),
             consumer_ports: Vec::new(),
             log_address: String::new(),
+            mongo_client,
             log,
+            offsets,
+            http,
             logs,
         };
         stack.log_address = if layout.log_through_proxy { stack.proxy.addr.to_string() } else { stack.mongo.address() };
-        let ready = format!("{}/readyz", stack.ops_url);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
-            anyhow::ensure!(Instant::now() < deadline, "ingest was not ready within 60 s");
+        let started = async {
+            stack.spawn_ingest()?;
+            stack.ingest_ready(Duration::from_secs(60)).await?;
+            for i in 0..layout.consumers {
+                stack.spawn_consumer(i)?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match started {
+            Ok(()) => Ok(stack),
+            Err(err) => {
+                stack.shutdown().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Starts ingest (again) on its ports.
+    pub fn spawn_ingest(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.ingest.is_none(), "ingest is already running");
+        let child = Command::new(self.bin_dir.join("bandvote-ingest"))
+            .args(&self.ingest_args)
+            .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(log_file(&self.logs, "ingest")?)
+            .stderr(log_file(&self.logs, "ingest")?)
+            .spawn()
+            .context("bandvote-ingest does not start")?;
+        self.ingest = Some(child);
+        Ok(())
+    }
+
+    /// Waits until ingest says it is ready.
+    pub async fn ingest_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let ready = format!("{}/readyz", self.ops_url);
+        let deadline = Instant::now() + within;
+        while !self.http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+            anyhow::ensure!(Instant::now() < deadline, "ingest was not ready within {within:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for i in 0..layout.consumers {
-            stack.spawn_consumer(i)?;
+        Ok(())
+    }
+
+    /// Kills ingest with SIGKILL.
+    pub fn kill_ingest(&mut self) {
+        if let Some(mut child) = self.ingest.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        Ok(stack)
     }
 
     /// Starts consumer replica `i` (again).
@@ -145,6 +277,7 @@ impl Stack {
                 "--kafka-session-timeout=6s".into(),
                 format!("--kafka-brokers={}", self.kafka.url()),
                 format!("--kafka-topic={}", Self::TOPIC),
+                format!("--kafka-replication-factor={}", self.kafka.replication_factor()),
                 format!("--kafka-group={}", Self::GROUP),
                 format!("--resend-window={}ms", Self::RESEND_WINDOW_MS),
                 format!("--redis-url={}", self.redis.url()),
@@ -185,9 +318,9 @@ impl Stack {
         }
     }
 
-    /// The ingest process's id, to read its memory.
+    /// The ingest process's id, to read its memory (0 while it is down).
     pub fn ingest_pid(&self) -> u32 {
-        self.ingest.id()
+        self.ingest.as_ref().map_or(0, Child::id)
     }
 
     /// The running consumer replicas' process ids.
@@ -201,6 +334,18 @@ impl Stack {
             .filter(|(child, _)| child.is_some())
             .map(|(_, port)| format!("http://127.0.0.1:{port}/metrics"))
             .collect()
+    }
+
+    /// The running replicas: their numbers.
+    pub fn running_consumers(&self) -> Vec<usize> {
+        self.consumers.iter().enumerate().filter(|(_, child)| child.is_some()).map(|(i, _)| i).collect()
+    }
+
+    /// Consumer replica `i`'s metrics page, or why it did not answer.
+    pub async fn consumer_metrics(&self, i: usize) -> Result<String, String> {
+        let port = self.consumer_ports.get(i).ok_or(format!("no consumer replica {i}"))?;
+        let answer = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await;
+        answer.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())
     }
 
     pub fn keys(&self) -> RedisKeys {
@@ -221,15 +366,9 @@ impl Stack {
         tokio::time::timeout(Duration::from_secs(2), read).await.ok().flatten().flatten().unwrap_or(0)
     }
 
-    /// Votes logged in MongoDB (0 while it does not answer). FerretDB on SQLite counts by reading
-    /// every document (about 8 s per 100 000), so this is for the end of a run.
-    pub async fn logged(&self) -> u64 {
-        let count = self.log.count_documents(doc! {});
-        tokio::time::timeout(Duration::from_secs(60), count).await.ok().and_then(Result::ok).unwrap_or(0)
-    }
-
-    /// How many of `ids` are logged, or why MongoDB did not say within `limit`. One lookup per id:
-    /// FerretDB on SQLite finds by `_id` equality but scans for `$in`.
+    /// How many of `ids` are logged, or why MongoDB did not say within `limit`. One lookup per id;
+    /// FerretDB on SQLite reads the whole collection for each (about 3 s per 200 000 documents),
+    /// so `ids` should be few.
     pub async fn logged_of(&self, ids: &[String], limit: Duration) -> Result<usize, String> {
         let find = async {
             let mut found = 0;
@@ -242,15 +381,69 @@ impl Stack {
         tokio::time::timeout(limit, find).await.map_err(|_| format!("no answer within {limit:?}"))?
     }
 
+    /// Every logged vote id, read once (about 40 s per 200 000 documents in FerretDB on SQLite).
     pub async fn logged_ids(&self) -> anyhow::Result<HashSet<String>> {
         use futures::TryStreamExt;
         let mut cursor = self.log.find(doc! {}).projection(doc! {"_id": 1}).batch_size(10_000).await?;
         let mut ids = HashSet::new();
         while let Some(document) = cursor.try_next().await? {
-            let id = document.get_str("_id").context("a string _id")?.to_owned();
-            anyhow::ensure!(ids.insert(id.clone()), "vote {id} is logged twice");
+            ids.insert(document.get_str("_id").context("a string _id")?.to_owned());
         }
         Ok(ids)
+    }
+
+    /// The end of every partition of the votes topic (the offset the next record gets).
+    pub async fn end_offsets(&self) -> Result<BTreeMap<i32, i64>, String> {
+        self.offsets
+            .read(|client| {
+                (0..Self::PARTITIONS)
+                    .map(|p| Ok((p, client.fetch_watermarks(Self::TOPIC, p, Duration::from_secs(5))?.1)))
+                    .collect()
+            })
+            .await
+    }
+
+    /// The consumer group's committed offset of every partition (0 where it has none). The
+    /// consumers commit an offset only after the records below it are counted and logged.
+    pub async fn committed_offsets(&self) -> Result<BTreeMap<i32, i64>, String> {
+        let committed = self
+            .offsets
+            .read(|client| {
+                let mut wanted = TopicPartitionList::new();
+                for p in 0..Self::PARTITIONS {
+                    wanted.add_partition(Self::TOPIC, p);
+                }
+                client.committed_offsets(wanted, Duration::from_secs(5))
+            })
+            .await?;
+        let offset = |o: Offset| if let Offset::Offset(n) = o { n } else { 0 };
+        Ok(committed.elements().iter().map(|e| (e.partition(), offset(e.offset()))).collect())
+    }
+
+    /// Records of the votes topic below `ends` that the group has not committed yet.
+    pub async fn uncommitted_below(&self, ends: &BTreeMap<i32, i64>) -> Result<i64, String> {
+        let committed = self.committed_offsets().await?;
+        Ok(ends.iter().map(|(p, end)| (end - committed.get(p).copied().unwrap_or(0)).max(0)).sum())
+    }
+
+    /// Waits until Redis counted every accepted vote, none is waiting on an answer, and the consumers
+    /// committed (so logged) every record of the topic; or says how far they were after `within`.
+    /// `pending` gives the votes accepted and those still waiting on an answer.
+    pub async fn settled(&self, within: Duration, pending: impl Fn() -> (u64, usize)) -> Result<(), String> {
+        wait_until(within, || async {
+            let (accepted, waiting) = pending();
+            let counted = self.counted().await;
+            let uncommitted = self.uncommitted_below(&self.end_offsets().await?).await?;
+            if counted >= accepted && waiting == 0 && uncommitted == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{counted} of {accepted} accepted votes counted, {waiting} votes waiting on an answer, {uncommitted} \
+                     records not yet logged and committed"
+                ))
+            }
+        })
+        .await
     }
 
     /// Deletes every tally key, as a Redis that lost its data.
@@ -259,15 +452,43 @@ impl Stack {
         redis::cmd("FLUSHALL").query_async::<()>(&mut redis).await?;
         Ok(())
     }
+
+    /// Closes the MongoDB client while the runtime still runs (a client dropped as the runtime
+    /// shuts down panics in its clean-up task), then stops every process.
+    pub async fn shutdown(self) {
+        let client = self.mongo_client.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown().immediate(true)).await;
+        drop(self);
+    }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for child in self.consumers.iter_mut().filter_map(Option::as_mut).chain(std::iter::once(&mut self.ingest)) {
+        for child in self.consumers.iter_mut().chain(std::iter::once(&mut self.ingest)).filter_map(Option::as_mut) {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Runs `future`, turning a panic (the test kit's waits panic past their deadline) into an error
+/// with the panic's message.
+pub(crate) async fn without_panic<F: Future>(future: F) -> Result<F::Output, String> {
+    AssertUnwindSafe(future).catch_unwind().await.map_err(panic_message)
+}
+
+/// Runs a blocking `work` (a server's restart) on this thread without stalling the runtime's other
+/// tasks, turning a panic into an error.
+pub(crate) fn blocking_without_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    tokio::task::block_in_place(|| std::panic::catch_unwind(AssertUnwindSafe(work))).map_err(panic_message)
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 /// A log file for a process of this run, in `dir`.
@@ -276,15 +497,19 @@ fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
     Ok(std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log")))?)
 }
 
-/// Creates the topics, retrying while the new broker cannot create them yet.
-async fn create_topics(brokers: &str) -> anyhow::Result<()> {
-    let kafka = bandvote_ops::config::KafkaArgs {
+fn kafka_args(brokers: &str, replication_factor: i32) -> KafkaArgs {
+    KafkaArgs {
         brokers: brokers.to_owned(),
         topic: Stack::TOPIC.to_owned(),
         partitions: Stack::PARTITIONS,
-        replication_factor: 1,
+        replication_factor,
         create_topics: true,
-    };
+    }
+}
+
+/// Creates the topics, retrying while new brokers cannot create them yet.
+async fn create_topics(brokers: &str, replication_factor: i32) -> anyhow::Result<()> {
+    let kafka = kafka_args(brokers, replication_factor);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match bandvote_ops::topics::ensure(&kafka).await {
@@ -292,5 +517,47 @@ async fn create_topics(brokers: &str) -> anyhow::Result<()> {
             Err(err) if Instant::now() > deadline => return Err(err).context("cannot create the topics"),
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
+    }
+}
+
+/// The value of `name` in a Prometheus text page, summed over the series whose labels contain
+/// `labels` (`""` for all); `None` when no series matches.
+pub fn metric(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (series, value) = match rest.strip_prefix('{') {
+            Some(labelled) => match labelled.split_once('}') {
+                Some((series, value)) => (series, value),
+                None => continue,
+            },
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
+        };
+        if !series.contains(labels) {
+            continue;
+        }
+        if let Ok(value) = value.trim().parse::<f64>() {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric;
+
+    #[test]
+    fn a_metric_is_summed_over_its_matching_series_only() {
+        let page = "# TYPE x counter\n\
+                    bandvote_consumer_assigned_partitions 2\n\
+                    bandvote_consumer_assigned_partitions_other 9\n\
+                    bandvote_consumer_position_seeks_total{reason=\"redis_behind\"} 3\n\
+                    bandvote_consumer_position_seeks_total{reason=\"no_position\"} 4\n";
+        assert_eq!(metric(page, "bandvote_consumer_assigned_partitions", ""), Some(2.0));
+        assert_eq!(metric(page, "bandvote_consumer_position_seeks_total", ""), Some(7.0));
+        assert_eq!(metric(page, "bandvote_consumer_position_seeks_total", "reason=\"redis_behind\""), Some(3.0));
+        assert_eq!(metric(page, "bandvote_consumer_votes_counted_total", ""), None);
     }
 }

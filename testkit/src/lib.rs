@@ -91,8 +91,8 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit is one level below the root").to_path_buf()
 }
 
-/// Polls `check` until it returns `Some`, or panics after `within` with `what` and the last value.
-pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+/// Polls `check` every 100 ms until it passes, or returns its last word after `within`.
+pub async fn wait_until<T, F, Fut>(within: Duration, mut check: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -100,12 +100,22 @@ where
     let deadline = Instant::now() + within;
     loop {
         match check().await {
-            Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {within:?} waiting for {what}; last: {last}")
-            }
+            Ok(value) => return Ok(value),
+            Err(last) if Instant::now() >= deadline => return Err(last),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+/// [`wait_until`], for tests: panics after `within` with `what` and the last word.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    match wait_until(within, check).await {
+        Ok(value) => value,
+        Err(last) => panic!("timed out after {within:?} waiting for {what}; last: {last}"),
     }
 }
 
