@@ -282,7 +282,8 @@ def test_deploy_creates_every_secret_key_the_manifests_use(deployed):
 
 
 def test_one_password_per_store(deployed):
-    """The consumer and Grafana get Redis's password from the same file Redis does."""
+    """The consumer and Grafana get Redis's password from the same file Redis does, and ingest its
+    own user's."""
     secrets, objects = deployed
     redis = env_file(secrets / "redis.env")["REDIS_PASSWORD"]
     consumer_mongo = env_file(secrets / "mongodb-consumer.env")["MONGO_CONSUMER_PASSWORD"]
@@ -294,6 +295,10 @@ def test_one_password_per_store(deployed):
 
     assert secret("redis-auth", "REDIS_PASSWORD") == secret("consumer-stores", "REDIS_PASSWORD") == redis
     assert secret("grafana-auth", "REDIS_PASSWORD") == redis
+    # Redis's user `ingest`: Redis and the ingest pods get it from one file, and it is not the default user's.
+    ingest_redis = env_file(secrets / "redis-ingest.env")["REDIS_INGEST_PASSWORD"]
+    assert secret("redis-auth", "REDIS_INGEST_PASSWORD") == secret("ingest-redis", "REDIS_INGEST_PASSWORD") == ingest_redis
+    assert ingest_redis != redis
     assert secret("mongodb-auth", "MONGO_CONSUMER_PASSWORD") == secret("consumer-stores", "MONGO_CONSUMER_PASSWORD") == consumer_mongo
     consumer_secret = next(o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].startswith("consumer-stores"))
     assert set(consumer_secret["data"]) == {"REDIS_PASSWORD", "MONGO_CONSUMER_PASSWORD"}, "no root password outside datastores"
@@ -314,7 +319,8 @@ def test_redis_mongodb_and_their_clients_use_the_secrets(rendered):
 
     redis = container(gke, "StatefulSet", "redis")
     from_secret(redis, "REDIS_PASSWORD", "redis-auth", "REDIS_PASSWORD")
-    assert redis["args"] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    # The default user's password; the user `ingest` that follows is checked in test_k8s_contest.py.
+    assert redis["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
 
     mongodb = container(gke, "StatefulSet", "mongodb")
     from_secret(mongodb, "MONGO_INITDB_ROOT_USERNAME", "mongodb-auth", "MONGO_INITDB_ROOT_USERNAME")

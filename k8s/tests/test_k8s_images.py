@@ -1,10 +1,13 @@
 """The Dockerfiles of the images the manifests run, checked by reading (no Docker engine here):
-multi-stage from the repository root, the right package built with the lock file, a non-root
-runtime user that matches the pods' runAsUser, the ports the pods declare, no secrets baked in."""
+multi-stage from the repository root, the right package built with the lock file, every binary of
+the package on the runtime image's PATH (the consumer's image carries bandvote-result and
+bandvote-audit for `kubectl exec`), a non-root runtime user that matches the pods' runAsUser, the
+ports the pods declare, no secrets baked in."""
 
 from __future__ import annotations
 
 import re
+import tomllib
 
 import pytest
 import yaml
@@ -41,6 +44,19 @@ def test_dockerfile_builds_a_small_non_root_image(repo, image):
     assert f"[package]\nname = \"{package}\"" in (repo / image / "Cargo.toml").read_text()
     entry = [arg for op, arg in steps if op == "ENTRYPOINT"][-1]
     assert package in entry
+    # Every binary of the package is built by that cargo command, installed out of the build stage
+    # and copied onto the runtime image's PATH.
+    bins = [b["name"] for b in tomllib.loads((repo / image / "Cargo.toml").read_text()).get("bin", [])] or [package]
+    runtime = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM") :]
+    on_path = set()
+    for op, arg in runtime:
+        words = arg.split()
+        if op == "COPY" and words and words[0] == "--from=build":
+            sources, dest = words[1:-1], words[-1]
+            on_path |= {dest + s.rsplit("/", 1)[-1] if dest.endswith("/") else dest for s in sources}
+    for name in bins:
+        assert f"target/release/{name}" in runs, f"{name} is not installed out of the build stage"
+        assert f"/usr/local/bin/{name}" in on_path, f"{name} is not on the runtime image's PATH"
     user = [arg for op, arg in steps if op == "USER"][-1]
     uid = int(user.split(":")[0])
     assert uid != 0
