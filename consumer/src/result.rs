@@ -94,14 +94,9 @@ pub async fn compute(
     bands.sort_by(|a, b| b.votes.cmp(&a.votes).then_with(|| a.name.cmp(&b.name)));
     let mut albums: Vec<ResultAlbum> = Vec::new();
     for (field, votes) in &counts.albums {
-        let (band, album) = field.split_once(" / ").unwrap_or((field.as_str(), ""));
+        let (band, album) = RedisKeys::split_album_field(field).unwrap_or_else(|| (field.clone(), String::new()));
         let sum = counts.rank_sums.get(field).copied().unwrap_or(0.0);
-        albums.push(ResultAlbum {
-            name: band.to_owned(),
-            album: album.to_owned(),
-            votes: *votes,
-            rank_avg: sum / *votes as f64,
-        });
+        albums.push(ResultAlbum { name: band, album, votes: *votes, rank_avg: sum / *votes as f64 });
     }
     albums.sort_by(|a, b| b.votes.cmp(&a.votes).then_with(|| (&a.name, &a.album).cmp(&(&b.name, &b.album))));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;

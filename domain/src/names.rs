@@ -108,9 +108,39 @@ impl RedisKeys {
         member
     }
 
-    /// The field that names an album in the album hashes.
+    /// The field that names an album in the album hashes: `<band> / <album>`, with every `\\` and
+    /// `/` of the band name escaped by a `\\`, so the first unescaped `/` is always the separator
+    /// and band `A / B` with album `C` never meets band `A` with album `B / C`. Names without
+    /// either character read as they are.
     pub fn album_field(band: &str, album: &str) -> String {
-        format!("{band} / {album}")
+        let mut field = String::with_capacity(band.len() + album.len() + 3);
+        for c in band.chars() {
+            if matches!(c, '\\' | '/') {
+                field.push('\\');
+            }
+            field.push(c);
+        }
+        field.push_str(" / ");
+        field.push_str(album);
+        field
+    }
+
+    /// The band and album of an [`RedisKeys::album_field`], or `None` when `field` is not one.
+    pub fn split_album_field(field: &str) -> Option<(String, String)> {
+        let mut band = String::new();
+        let mut chars = field.char_indices();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '\\' => band.push(chars.next()?.1),
+                '/' => {
+                    let band = band.strip_suffix(' ')?.to_owned();
+                    let album = field[at + 1..].strip_prefix(' ')?.to_owned();
+                    return Some((band, album));
+                }
+                c => band.push(c),
+            }
+        }
+        None
     }
 }
 
@@ -203,6 +233,21 @@ impl Default for MongoNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn album_fields_cannot_collide_and_read_back() {
+        let ambiguous =
+            [("A / B", "C"), ("A", "B / C"), ("A /", "B"), ("A", "/ B"), ("A\\", "B"), ("AC/DC", "Back in Black")];
+        let fields: Vec<String> = ambiguous.iter().map(|(band, album)| RedisKeys::album_field(band, album)).collect();
+        let distinct: std::collections::BTreeSet<&String> = fields.iter().collect();
+        assert_eq!(distinct.len(), fields.len(), "{fields:?}");
+        for ((band, album), field) in ambiguous.iter().zip(&fields) {
+            assert_eq!(RedisKeys::split_album_field(field), Some((band.to_string(), album.to_string())), "{field}");
+        }
+        // The names of a contest without slashes read as they always did.
+        assert_eq!(RedisKeys::album_field("Bohemia Suburbana", "Mil palabras"), "Bohemia Suburbana / Mil palabras");
+        assert_eq!(RedisKeys::split_album_field("no separator"), None);
+    }
 
     #[test]
     fn partition_keys_share_one_cluster_hash_tag() {
