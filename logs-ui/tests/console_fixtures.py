@@ -155,3 +155,75 @@ def recorder():
     yield f"127.0.0.1:{server.server_address[1]}", Recorder.seen
     server.shutdown()
     time.sleep(0)
+
+
+def make_test_ca(folder: Path) -> tuple[Path, Path, Path]:
+    """A certificate authority of its own and a certificate it signed for `localhost` and
+    127.0.0.1, made with the openssl command: (CA certificate, server certificate, server key)."""
+    import subprocess
+
+    ca_key, ca, key, request, cert = (folder / name for name in ("ca.key", "ca.pem", "tls.key", "tls.csr", "tls.pem"))
+    extensions = folder / "tls.ext"
+    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bandvote test CA",
+            "-keyout", str(ca_key), "-out", str(ca))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(request))
+    openssl("x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-days", "2", "-extfile", str(extensions), "-out", str(cert))
+    return ca, cert, key
+
+
+@dataclass
+class TlsFront:
+    """An HTTPS server in front of a plain HTTP one, like Cloud Run's front of the logs API."""
+
+    url: str
+    ca: Path
+    answered: list
+    refused_handshakes: list
+
+
+@pytest.fixture
+def tls_front(tmp_path):
+    """Call with a backend's URL: an HTTPS front for it, with a certificate of a test CA."""
+    import ssl
+
+    servers = []
+
+    def start(backend: str) -> TlsFront:
+        ca, cert, key = make_test_ca(tmp_path)
+        answered, refused = [], []
+
+        class Forward(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the http.server API)
+                upstream = requests.get(f"{backend}{self.path}", timeout=10)
+                answered.append(self.path)
+                self.send_response(upstream.status_code)
+                self.send_header("content-type", upstream.headers.get("content-type", "application/json"))
+                self.send_header("content-length", str(len(upstream.content)))
+                self.end_headers()
+                self.wfile.write(upstream.content)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                refused.append(client_address)
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server = Server(("127.0.0.1", 0), Forward)
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        url = f"https://localhost:{server.server_address[1]}"
+        return TlsFront(url=url, ca=ca, answered=answered, refused_handshakes=refused)
+
+    yield start
+    for server in servers:
+        server.shutdown()

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import REPO, wait_until
-from console_fixtures import browser, console, recorder, start_ui  # noqa: F401 (fixtures)
+from console_fixtures import browser, console, recorder, start_api, start_ui, tls_front  # noqa: F401 (fixtures)
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
 BANDS = [
@@ -187,5 +187,43 @@ def test_signs_api_requests_with_an_id_token_when_asked(recorder, tmp_path):
     path, headers = token_requests[0]
     assert "audience=https%3A%2F%2Fapi.example" in path
     assert headers.get("metadata-flavor") == "Google"
-    assert len(api_requests) == 4, [p for p, _ in api_requests]
+    # Each page asks for the votes, the tallies and the certified result.
+    paths = sorted(path.split("?")[0] for path, _ in api_requests)
+    assert paths == sorted(["/votes", "/tallies", "/result"] * 2), paths
     assert all(headers.get("authorization") == "Bearer token-for-test" for _, headers in api_requests)
+
+
+def test_reaches_the_logs_api_over_https(pipeline, tls_front, tmp_path):
+    """On Cloud Run the logs API is an https://….run.app address: the console must speak TLS and
+    check the certificate against the roots it trusts (the system's, or SSL_CERT_FILE's)."""
+    from conftest import _stop
+
+    api, api_url = start_api(pipeline.database, tmp_path / "logs-api.log")
+    front = tls_front(api_url)
+    try:
+        body = {"name": "Viernes Verde", "album": "Hijos del Maíz", "year": "1997", "rank": "9", "vote_id": "tls-1"}
+        assert requests.post(f"{pipeline.http_url}/votes", json=body, timeout=10).status_code == 200
+        wait_until(lambda: requests.get(f"{api_url}/tallies", timeout=5).json()["total"] == 1, 30, "the vote logged")
+
+        ui, url = start_ui(front.url, tmp_path / "ui-tls.log", SSL_CERT_FILE=str(front.ca))
+        try:
+            page = requests.get(url, timeout=10)
+            assert page.status_code == 200
+            assert 'data-vote-id="tls-1"' in page.text and "Viernes Verde" in page.text, page.text[-2000:]
+        finally:
+            _stop(ui)
+        assert any(path.startswith("/votes") for path in front.answered), front.answered
+
+        # Without the test CA among its roots the console refuses the certificate and says the API
+        # does not answer: the check is real.
+        env_without_ca = {"SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt"}
+        ui, url = start_ui(front.url, tmp_path / "ui-untrusted.log", **env_without_ca)
+        try:
+            handshakes_before = len(front.refused_handshakes)
+            page = requests.get(url, timeout=10)
+            assert "does not answer" in page.text, page.text[-2000:]
+            assert len(front.refused_handshakes) > handshakes_before, "the front saw the handshake fail"
+        finally:
+            _stop(ui)
+    finally:
+        _stop(api)
