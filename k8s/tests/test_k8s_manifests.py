@@ -420,3 +420,50 @@ def test_no_real_secret_is_committed(repo):
         ["git", "check-ignore", "-q", "k8s/base/secrets/redis.env"], cwd=repo
     )
     assert ignored.returncode == 0, "k8s/base/secrets/*.env must be git-ignored"
+
+
+def lost_client_address_errors(objects) -> list[str]:
+    """LoadBalancer Services whose pods admit clients by address (a NetworkPolicy ipBlock) but
+    whose traffic policy replaces that address: with `externalTrafficPolicy: Cluster` a connection
+    that lands on a node without the pod is forwarded with the node's address, which no ipBlock of
+    the clients' subnet matches."""
+    from k8s_model import selects
+
+    errors = []
+    for service in (o for o in objects if o["kind"] == "Service" and o["spec"].get("type") == "LoadBalancer"):
+        ns, spec = service["metadata"]["namespace"], service["spec"]
+        pods = [
+            t["metadata"].get("labels", {})
+            for w in objects
+            if w["kind"] in ("Deployment", "StatefulSet") and w["metadata"]["namespace"] == ns
+            for t in [w["spec"]["template"]]
+            if selects(spec.get("selector", {}), t["metadata"].get("labels", {}))
+        ]
+        by_address = [
+            p["metadata"]["name"]
+            for p in objects
+            if p["kind"] == "NetworkPolicy" and p["metadata"]["namespace"] == ns
+            and any(selects(p["spec"].get("podSelector", {}), labels) for labels in pods)
+            and any("ipBlock" in peer for rule in p["spec"].get("ingress", []) for peer in rule.get("from", []))
+        ]
+        if by_address and spec.get("externalTrafficPolicy", "Cluster") != "Local":
+            errors.append(
+                f"Service {ns}/{service['metadata']['name']}: NetworkPolicy {', '.join(by_address)} admits clients "
+                f"by address, but externalTrafficPolicy {spec.get('externalTrafficPolicy', 'Cluster')} replaces it"
+            )
+    return errors
+
+
+def test_load_balancers_keep_the_client_address_their_policies_match(gke):
+    # The Cloud Run subnet reaches MongoDB through mongodb-internal; mongodb-from-cloud-run admits
+    # that subnet's addresses only.
+    assert by_name(gke, "Service", "mongodb-internal")["spec"]["externalTrafficPolicy"] == "Local"
+    assert not lost_client_address_errors(gke)
+    broken = copy.deepcopy(gke)
+    by_name(broken, "Service", "mongodb-internal")["spec"]["externalTrafficPolicy"] = "Cluster"
+    assert lost_client_address_errors(broken) == [
+        "Service datastores/mongodb-internal: NetworkPolicy mongodb-from-cloud-run admits clients by address, "
+        "but externalTrafficPolicy Cluster replaces it"
+    ]
+    del by_name(broken, "Service", "mongodb-internal")["spec"]["externalTrafficPolicy"]
+    assert lost_client_address_errors(broken), "the default (Cluster) must fail too"
