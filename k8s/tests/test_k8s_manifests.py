@@ -467,3 +467,39 @@ def test_load_balancers_keep_the_client_address_their_policies_match(gke):
     ]
     del by_name(broken, "Service", "mongodb-internal")["spec"]["externalTrafficPolicy"]
     assert lost_client_address_errors(broken), "the default (Cluster) must fail too"
+
+
+def ingress_without_neg_errors(objects) -> list[str]:
+    """Services an Ingress sends to that are ClusterIP without container-native load balancing: the
+    GCE Ingress reaches a ClusterIP Service only through a network endpoint group, which GKE makes
+    when the Service asks with `cloud.google.com/neg: '{"ingress": true}'`."""
+    import json
+
+    errors = []
+    for ingress in (o for o in objects if o["kind"] == "Ingress"):
+        spec, ns = ingress["spec"], ingress["metadata"]["namespace"]
+        backends = [spec["defaultBackend"]] if "defaultBackend" in spec else []
+        backends += [p["backend"] for rule in spec.get("rules", []) for p in rule.get("http", {}).get("paths", [])]
+        for name in sorted({b["service"]["name"] for b in backends}):
+            service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["namespace"] == ns and o["metadata"]["name"] == name)
+            neg = json.loads(service["metadata"].get("annotations", {}).get("cloud.google.com/neg", "{}"))
+            if service["spec"].get("type", "ClusterIP") == "ClusterIP" and neg.get("ingress") is not True:
+                errors.append(f"Service {ns}/{name}: an Ingress backend without a NEG (cloud.google.com/neg)")
+    return errors
+
+
+def test_the_ingress_backends_use_network_endpoint_groups(gke):
+    backends = {"ingest-grpc", "ingest-http", "ingest-wasm"}
+    for name in backends:
+        annotations = by_name(gke, "Service", name)["metadata"]["annotations"]
+        assert annotations["cloud.google.com/neg"] == '{"ingress": true}', name
+    assert not ingress_without_neg_errors(gke)
+    broken = copy.deepcopy(gke)
+    del by_name(broken, "Service", "ingest-wasm")["metadata"]["annotations"]["cloud.google.com/neg"]
+    by_name(broken, "Service", "ingest-http")["metadata"]["annotations"]["cloud.google.com/neg"] = '{"exposed_ports": {"8080": {}}}'
+    assert ingress_without_neg_errors(broken) == [
+        f"Service ingest/{name}: an Ingress backend without a NEG (cloud.google.com/neg)" for name in ("ingest-http", "ingest-wasm")
+    ]
+    # The BackendConfig annotation is still on the two Services that use it.
+    for name in ("ingest-grpc", "ingest-http"):
+        assert "ingest-serving-health" in by_name(gke, "Service", name)["metadata"]["annotations"]["cloud.google.com/backend-config"]
