@@ -4,10 +4,11 @@
   is filled from its committed `.example`, so the real credentials never need to exist here.
 - `schema_errors` validates each object: built-in kinds against the Kubernetes OpenAPI schemas
   (kubernetes-validate, strict: unknown fields are errors), custom resources against the CRDs
-  that `dev/tools install k8s-schemas` caches (Strimzi, Gateway API, GKE's BackendConfig).
+  that `dev/tools install k8s-schemas` caches (Strimzi, Gateway API, GKE's BackendConfig and
+  HealthCheckPolicy).
 - `reference_errors` follows every reference between objects (Service selectors and ports,
   Ingress and HTTPRoute backends, Secret and ConfigMap keys, volumes, PVCs, service accounts,
-  the HPA target, PDB selectors, Strimzi cluster labels, `<service>.<namespace>.svc` addresses in
+  the HPA target, health-check policy targets, PDB selectors, Strimzi cluster labels, `<service>.<namespace>.svc` addresses in
   configuration) and returns one message per broken one.
 """
 
@@ -347,6 +348,11 @@ def reference_errors(objects: list[dict]) -> list[str]:
                 for cert in (listener.get("tls") or {}).get("certificateRefs", []):
                     if not idx.exists(cert.get("kind", "Secret"), cert.get("namespace", ns), cert["name"]):
                         errors.append(f"{where(obj)}: listener {listener['name']}: Secret {cert['name']} does not exist")
+
+        if kind == "HealthCheckPolicy":
+            target = spec["targetRef"]
+            if idx.get(target["kind"], target.get("namespace", ns), target["name"]) is None:
+                errors.append(f"{where(obj)}: targetRef {target['kind']} {target['name']} does not exist")
 
         if kind == "HorizontalPodAutoscaler":
             target = spec["scaleTargetRef"]

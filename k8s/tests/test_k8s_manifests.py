@@ -32,7 +32,7 @@ def crds(crd_dir):
     loaded = load_crds(crd_dir)
     for needed in [("kafka.strimzi.io/v1", k) for k in ("Kafka", "KafkaNodePool", "KafkaTopic")] + [
         ("gateway.networking.k8s.io/v1", k) for k in ("Gateway", "HTTPRoute")
-    ] + [("cloud.google.com/v1", "BackendConfig")]:
+    ] + [("cloud.google.com/v1", "BackendConfig"), ("networking.gke.io/v1", "HealthCheckPolicy")]:
         assert needed in loaded, f"the cached CRDs lack {needed}; run dev/tools install k8s-schemas"
     return loaded
 
@@ -147,6 +147,10 @@ def break_volume_mount(objs):
     _container(objs, "grafana")["volumeMounts"][0]["name"] = "grafana-data"
 
 
+def break_health_check_target(objs):
+    _find(objs, "HealthCheckPolicy", "ingest-grpc-health")["spec"]["targetRef"]["name"] = "ingest-rpc"
+
+
 def break_probe_port(objs):
     _container(objs, "ingest-wasm", "producer")["readinessProbe"]["httpGet"]["port"] = "http"
 
@@ -169,6 +173,7 @@ BREAKS = {
     "strimzi cluster label": (break_strimzi_cluster_label, "strimzi.io/cluster votes"),
     "volume mount": (break_volume_mount, "mounts undefined volume grafana-data"),
     "probe port": (break_probe_port, "readinessProbe uses unknown port http"),
+    "health check target": (break_health_check_target, "targetRef Service ingest-rpc does not exist"),
 }
 
 
@@ -199,6 +204,9 @@ def test_a_custom_resource_that_breaks_its_crd_is_reported(rendered, crds):
     health = _find(objects, "BackendConfig", "ingest-serving-health")
     health["spec"]["healthCheck"]["requestPaths"] = ["/healthz"]
     assert any("requestPaths" in e for e in crd_errors(health, crds))
+    policy = _find(objects, "HealthCheckPolicy", "ingest-grpc-health")
+    policy["spec"]["default"]["config"]["httpHealthCheck"]["port"] = 0
+    assert any("port" in e for e in crd_errors(policy, crds))
 
 
 def test_a_built_in_object_that_breaks_its_schema_is_reported(rendered, crds):
@@ -503,3 +511,127 @@ def test_the_ingress_backends_use_network_endpoint_groups(gke):
     # The BackendConfig annotation is still on the two Services that use it.
     for name in ("ingest-grpc", "ingest-http"):
         assert "ingest-serving-health" in by_name(gke, "Service", name)["metadata"]["annotations"]["cloud.google.com/backend-config"]
+
+
+# Google's health checkers (https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges).
+HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
+
+
+def admitted(objects, ns: str, labels: dict, port: int, cidr: str) -> bool:
+    """Whether the namespace's NetworkPolicies let `cidr` reach `port` of a pod with `labels` (only
+    the forms these manifests use: a rule without `from`, or an ipBlock)."""
+    import ipaddress
+
+    from k8s_model import selects
+
+    source = ipaddress.ip_network(cidr)
+    for policy in objects:
+        if policy["kind"] != "NetworkPolicy" or policy["metadata"]["namespace"] != ns:
+            continue
+        if not selects(policy["spec"].get("podSelector", {}), labels):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            if rule.get("ports") and not any(p.get("port") == port for p in rule["ports"]):
+                continue
+            peers = rule.get("from")
+            if not peers or any(
+                "ipBlock" in peer
+                and source.subnet_of(ipaddress.ip_network(peer["ipBlock"]["cidr"]))
+                and not any(source.overlaps(ipaddress.ip_network(e)) for e in peer["ipBlock"].get("except", []))
+                for peer in peers
+            ):
+                return True
+    return False
+
+
+def gateway_health_check_errors(objects) -> list[str]:
+    """Every Service a Gateway route sends to needs a HealthCheckPolicy whose check the pods can
+    answer: an HTTP check on a port that speaks HTTP/1.1 (not an h2c-only port, not an ops port),
+    declared by the pods and open to Google's health checkers."""
+    errors = []
+    policies = [o for o in objects if o["kind"] == "HealthCheckPolicy"]
+    for route in (o for o in objects if o["kind"] == "HTTPRoute"):
+        ns = route["metadata"]["namespace"]
+        for backend in (b for rule in route["spec"]["rules"] for b in rule.get("backendRefs", [])):
+            name = backend["name"]
+            service = by_name([o for o in objects if o["metadata"].get("namespace") == ns], "Service", name)
+            matching = [
+                p for p in policies
+                if p["metadata"]["namespace"] == ns and p["spec"]["targetRef"]["kind"] == "Service"
+                and p["spec"]["targetRef"].get("group", "") == "" and p["spec"]["targetRef"]["name"] == name
+            ]
+            if not matching:
+                errors.append(f"Service {ns}/{name}: a Gateway backend without a HealthCheckPolicy")
+                continue
+            config = matching[0]["spec"]["default"]["config"]
+            if config.get("type") != "HTTP" or "httpHealthCheck" not in config:
+                errors.append(f"Service {ns}/{name}: its health check is not HTTP")
+                continue
+            check = config["httpHealthCheck"]
+            # The CRD's CEL rule, which the JSON schema validation does not apply.
+            if check.get("portSpecification") == "USE_FIXED_PORT" and ("port" not in check or "portName" in check):
+                errors.append(f"Service {ns}/{name}: USE_FIXED_PORT needs port and no portName")
+                continue
+            serving = next(p for p in service["spec"]["ports"] if p["port"] == backend["port"])
+            port = check.get("port") if check.get("portSpecification") == "USE_FIXED_PORT" else serving.get("targetPort")
+            for workload in (o for o in objects if o["kind"] == "Deployment" and o["metadata"]["namespace"] == ns):
+                template = workload["spec"]["template"]
+                from k8s_model import selects
+
+                if not selects(service["spec"]["selector"], template["metadata"].get("labels", {})):
+                    continue
+                declared = {p["containerPort"]: p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])}
+                number = port if isinstance(port, int) else next((n for n, pn in declared.items() if pn == port), None)
+                where = f"Service {ns}/{name}: the health check's port {port}"
+                if number not in declared:
+                    errors.append(f"{where} is not a port of {workload['metadata']['name']}")
+                    continue
+                h2c = {
+                    p.get("targetPort") for p in service["spec"]["ports"] if p.get("appProtocol") == "kubernetes.io/h2c"
+                }
+                if declared[number] in h2c or number in h2c:
+                    errors.append(f"{where} speaks only HTTP/2 (h2c), an HTTP check is HTTP/1.1")
+                if declared[number] == "ops":
+                    errors.append(f"{where} is an ops port")
+                for cidr in HEALTH_CHECK_RANGES:
+                    if not admitted(objects, ns, template["metadata"].get("labels", {}), number, cidr):
+                        errors.append(f"{where} is closed to the health checkers {cidr}")
+    return errors
+
+
+def test_the_gateway_checks_ingest_grpc_where_it_answers_http_1_1(gke):
+    policy = by_name(gke, "HealthCheckPolicy", "ingest-grpc-health")["spec"]
+    assert policy["targetRef"] == {"group": "", "kind": "Service", "name": "ingest-grpc"}
+    check = policy["default"]["config"]["httpHealthCheck"]
+    assert (check["port"], check["requestPath"]) == (8080, "/healthz")
+    assert not gateway_health_check_errors(gke)
+
+    def broken(change):
+        objects = copy.deepcopy(gke)
+        change(objects)
+        return gateway_health_check_errors(objects)
+
+    def on_grpc_port(objs):
+        by_name(objs, "HealthCheckPolicy", "ingest-grpc-health")["spec"]["default"]["config"]["httpHealthCheck"]["port"] = 50051
+
+    def on_ops_port(objs):
+        by_name(objs, "HealthCheckPolicy", "ingest-grpc-health")["spec"]["default"]["config"]["httpHealthCheck"]["port"] = 9090
+
+    def serving_port(objs):
+        check = by_name(objs, "HealthCheckPolicy", "ingest-grpc-health")["spec"]["default"]["config"]["httpHealthCheck"]
+        check["portSpecification"] = "USE_SERVING_PORT"
+        del check["port"]
+
+    def no_policy(objs):
+        objs.remove(by_name(objs, "HealthCheckPolicy", "ingest-grpc-health"))
+
+    def closed_8080(objs):
+        rule = by_name(objs, "NetworkPolicy", "ingest-serve")["spec"]["ingress"][0]
+        rule["from"] = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+    assert "speaks only HTTP/2 (h2c)" in "\n".join(broken(on_grpc_port))
+    assert "speaks only HTTP/2 (h2c)" in "\n".join(broken(serving_port))
+    ops = "\n".join(broken(on_ops_port))
+    assert "is an ops port" in ops and "closed to the health checkers 35.191.0.0/16" in ops
+    assert broken(no_policy) == ["Service ingest/ingest-grpc: a Gateway backend without a HealthCheckPolicy"]
+    assert "closed to the health checkers 130.211.0.0/22" in "\n".join(broken(closed_8080))
