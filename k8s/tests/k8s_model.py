@@ -5,10 +5,11 @@
 - `schema_errors` validates each object: built-in kinds against the Kubernetes OpenAPI schemas
   (kubernetes-validate, strict: unknown fields are errors), custom resources against the CRDs
   that `dev/tools install k8s-schemas` caches (Strimzi, Gateway API, GKE's BackendConfig and
-  HealthCheckPolicy).
+  HealthCheckPolicy, KEDA).
 - `reference_errors` follows every reference between objects (Service selectors and ports,
   Ingress and HTTPRoute backends, Secret and ConfigMap keys, volumes, PVCs, service accounts,
-  the HPA target, health-check policy targets, PDB selectors, Strimzi cluster labels, `<service>.<namespace>.svc` addresses in
+  the KEDA ScaledObject's target, Kafka address, topic and consumer group, health-check policy
+  targets, PDB selectors, Strimzi cluster labels, `<service>.<namespace>.svc` addresses in
   configuration) and returns one message per broken one.
 """
 
@@ -354,10 +355,13 @@ def reference_errors(objects: list[dict]) -> list[str]:
             if idx.get(target["kind"], target.get("namespace", ns), target["name"]) is None:
                 errors.append(f"{where(obj)}: targetRef {target['kind']} {target['name']} does not exist")
 
-        if kind == "HorizontalPodAutoscaler":
+        if kind in ("HorizontalPodAutoscaler", "ScaledObject"):
             target = spec["scaleTargetRef"]
-            if idx.get(target["kind"], ns, target["name"]) is None:
-                errors.append(f"{where(obj)}: scaleTargetRef {target['kind']} {target['name']} does not exist")
+            workload = idx.get(target.get("kind", "Deployment"), ns, target["name"])
+            if workload is None:
+                errors.append(f"{where(obj)}: scaleTargetRef {target.get('kind', 'Deployment')} {target['name']} does not exist")
+            for trigger in (t for t in spec.get("triggers", []) if t["type"] == "kafka"):
+                errors += kafka_trigger_errors(where(obj), trigger["metadata"], workload, kafka_listeners, objects)
 
         if kind == "PodDisruptionBudget":
             if not idx.pods_selected(ns, spec.get("selector", {})):
@@ -396,4 +400,29 @@ def reference_errors(objects: list[dict]) -> list[str]:
             for needed in (topic, f"{topic}.dlq"):
                 if needed not in topics:
                     errors.append(f"{where(obj)}: topic {needed} is not a KafkaTopic")
+    return errors
+
+
+def kafka_trigger_errors(where: str, metadata: dict, workload: dict | None, kafka_listeners: dict, objects: list[dict]) -> list[str]:
+    """A KEDA Kafka trigger must read the brokers, topic and consumer group its target uses."""
+    errors = []
+    for address in metadata.get("bootstrapServers", "").split(","):
+        found = SVC_ADDRESS.fullmatch(address.strip())
+        cluster = found and found[1].removesuffix("-kafka-bootstrap")
+        if not found or not found[1].endswith("-kafka-bootstrap") or (found[2], cluster) not in kafka_listeners:
+            errors.append(f"{where}: bootstrapServers {address} is not a Strimzi bootstrap of these manifests")
+        elif int(found[3]) not in kafka_listeners[(found[2], cluster)]:
+            errors.append(f"{where}: Kafka {cluster} has no listener on port {found[3]}")
+    topics = {o["spec"].get("topicName", o["metadata"]["name"]) for o in objects if o["kind"] == "KafkaTopic"}
+    if metadata.get("topic") not in topics:
+        errors.append(f"{where}: topic {metadata.get('topic')} is not a KafkaTopic")
+    if workload is not None:
+        groups = {
+            e.get("value")
+            for c in containers(workload["spec"]["template"]["spec"])
+            for e in c.get("env", [])
+            if e["name"] == "KAFKA_GROUP"
+        }
+        if metadata.get("consumerGroup") not in groups:
+            errors.append(f"{where}: consumerGroup {metadata.get('consumerGroup')} is not the KAFKA_GROUP of {workload['metadata']['name']} ({sorted(groups)})")
     return errors

@@ -32,7 +32,9 @@ def crds(crd_dir):
     loaded = load_crds(crd_dir)
     for needed in [("kafka.strimzi.io/v1", k) for k in ("Kafka", "KafkaNodePool", "KafkaTopic")] + [
         ("gateway.networking.k8s.io/v1", k) for k in ("Gateway", "HTTPRoute")
-    ] + [("cloud.google.com/v1", "BackendConfig"), ("networking.gke.io/v1", "HealthCheckPolicy")]:
+    ] + [("cloud.google.com/v1", "BackendConfig"), ("networking.gke.io/v1", "HealthCheckPolicy")] + [
+        ("keda.sh/v1alpha1", "ScaledObject")
+    ]:
         assert needed in loaded, f"the cached CRDs lack {needed}; run dev/tools install k8s-schemas"
     return loaded
 
@@ -122,8 +124,24 @@ def break_service_account(objs):
     _find(objs, "Deployment", "consumer")["spec"]["template"]["spec"]["serviceAccountName"] = "consumers"
 
 
-def break_hpa_target(objs):
-    _find(objs, "HorizontalPodAutoscaler", "consumer")["spec"]["scaleTargetRef"]["name"] = "consumers"
+def break_scaler_target(objs):
+    _find(objs, "ScaledObject", "consumer")["spec"]["scaleTargetRef"]["name"] = "consumers"
+
+
+def _kafka_trigger(objs):
+    return _find(objs, "ScaledObject", "consumer")["spec"]["triggers"][0]["metadata"]
+
+
+def break_scaler_group(objs):
+    _kafka_trigger(objs)["consumerGroup"] = "consumer"
+
+
+def break_scaler_topic(objs):
+    _kafka_trigger(objs)["topic"] = "vote"
+
+
+def break_scaler_brokers(objs):
+    _kafka_trigger(objs)["bootstrapServers"] = "bandvote-kafka-bootstrap.kafka.svc:9093"
 
 
 def break_pdb_selector(objs):
@@ -166,7 +184,10 @@ BREAKS = {
     "configmap key": (break_configmap_key, "has no key redis.cnf"),
     "persistent volume claim": (break_pvc, "PersistentVolumeClaim grafana-data does not exist"),
     "service account": (break_service_account, "serviceAccountName consumers does not exist"),
-    "hpa target": (break_hpa_target, "Deployment consumers does not exist"),
+    "scaler target": (break_scaler_target, "Deployment consumers does not exist"),
+    "scaler consumer group": (break_scaler_group, "consumerGroup consumer is not the KAFKA_GROUP of consumer"),
+    "scaler topic": (break_scaler_topic, "topic vote is not a KafkaTopic"),
+    "scaler brokers": (break_scaler_brokers, "Kafka bandvote has no listener on port 9093"),
     "pdb selector": (break_pdb_selector, "matches no pods"),
     "address in configuration": (break_kafka_address, "no listener on port 9093"),
     "dead-letter topic": (break_topic, "topic votes.dlq is not a KafkaTopic"),
@@ -207,6 +228,11 @@ def test_a_custom_resource_that_breaks_its_crd_is_reported(rendered, crds):
     policy = _find(objects, "HealthCheckPolicy", "ingest-grpc-health")
     policy["spec"]["default"]["config"]["httpHealthCheck"]["port"] = 0
     assert any("port" in e for e in crd_errors(policy, crds))
+    scaler = _find(objects, "ScaledObject", "consumer")
+    scaler["spec"]["maxReplicaCount"] = "five"
+    scaler["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 10000
+    errors = crd_errors(scaler, crds)
+    assert any("maxReplicaCount" in e for e in errors) and any("lagThreshold" in e for e in errors), errors
 
 
 def test_a_built_in_object_that_breaks_its_schema_is_reported(rendered, crds):
@@ -248,8 +274,8 @@ def test_kafka_is_strimzi_kraft_with_topics_for_five_consumers(gke):
     assert any("controller" in p["spec"]["roles"] for p in pools), "KRaft needs a controller node pool"
     assert any("broker" in p["spec"]["roles"] for p in pools)
     topics = {o["spec"]["topicName"]: o for o in gke if o["kind"] == "KafkaTopic"}
-    hpa = by_name(gke, "HorizontalPodAutoscaler", "consumer")
-    assert topics["votes"]["spec"]["partitions"] >= max(6, hpa["spec"]["maxReplicas"])
+    scaler = by_name(gke, "ScaledObject", "consumer")
+    assert topics["votes"]["spec"]["partitions"] >= max(6, scaler["spec"]["maxReplicaCount"])
     assert "votes.dlq" in topics
     assert sum(p["spec"]["replicas"] for p in pools) >= topics["votes"]["spec"]["replicas"]
 
@@ -317,11 +343,44 @@ def test_native_grpc_reaches_every_pod_over_http2(gke):
     assert headless["spec"]["clusterIP"] == "None"
 
 
-def test_consumer_runs_two_and_scales_to_five(gke):
-    # The HPA owns the replica count; a count in the Deployment would fight it on every apply.
+def kafka_scaler_metadata(crd_dir):
+    """The trigger metadata KEDA's Kafka scaler reads (name -> allowed values, or None for any),
+    from the scaler's source that `dev/tools install k8s-schemas` caches beside KEDA's CRDs."""
+    source = (crd_dir / "keda" / "kafka_scaler.go").read_text()
+    names = {}
+    for tag in re.findall(r'keda:"([^"]+)"', source):
+        fields = dict(part.split("=", 1) for part in tag.split(",") if "=" in part)
+        if "triggerMetadata" in fields.get("order", "").split(";"):
+            names[fields["name"]] = fields["enum"].split(";") if "enum" in fields else None
+    assert {"bootstrapServers", "consumerGroup", "topic", "lagThreshold"} <= set(names), "the Kafka scaler's tags were not found"
+    return names
+
+
+def test_consumer_scales_from_two_to_five_on_its_consumer_group_lag(gke, crd_dir):
+    # KEDA's HPA owns the replica count; a count in the Deployment would fight it on every apply.
     assert "replicas" not in by_name(gke, "Deployment", "consumer")["spec"]
-    hpa = by_name(gke, "HorizontalPodAutoscaler", "consumer")["spec"]
-    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
+    assert not [o for o in gke if o["kind"] == "HorizontalPodAutoscaler"], "KEDA makes the consumer's HPA"
+    scaler = by_name(gke, "ScaledObject", "consumer")["spec"]
+    assert (scaler["minReplicaCount"], scaler["maxReplicaCount"]) == (2, 5)
+    assert scaler["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "consumer"}
+    [trigger] = scaler["triggers"]
+    assert trigger["type"] == "kafka"
+    metadata = trigger["metadata"]
+    known = kafka_scaler_metadata(crd_dir)
+    unknown = sorted(set(metadata) - set(known))
+    assert not unknown, f"KEDA's Kafka scaler reads no {unknown}"
+    for name, value in metadata.items():
+        assert known[name] is None or value in known[name], f"{name}: {value!r} is not one of {known[name]}"
+    assert int(metadata["lagThreshold"]) > 0
+    # The consumer starts a partition it never committed from its first record (auto.offset.reset).
+    assert metadata["offsetResetPolicy"] == "earliest"
+    assert 'set("auto.offset.reset", "earliest")' in (Path(__file__).resolve().parents[2] / "consumer/src/lib.rs").read_text()
+    # KEDA's operator reads the lag from Kafka: the listener's NetworkPolicy must admit it.
+    peers = by_name(gke, "Kafka", "bandvote")["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}},
+            "podSelector": {"matchLabels": {"app": "keda-operator"}}} in peers
+    behavior = scaler["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300, "each rebalance pauses the partitions that move"
 
 
 def test_datastores_are_persistent_statefulsets_with_secret_credentials(gke):
@@ -416,7 +475,7 @@ def test_network_policies_deny_by_default_and_open_only_the_design_flows(gke):
     serve = by_name(gke, "NetworkPolicy", "ingest-serve")["spec"]["ingress"]
     assert [p["port"] for rule in serve for p in rule["ports"]] == [8080], "the Wasm producer's 8090 must stay closed"
     peers = by_name(gke, "Kafka", "bandvote")["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
-    assert {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers} == {"ingest", "consumer"}
+    assert {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers} == {"ingest", "consumer", "keda"}
 
 
 def test_no_real_secret_is_committed(repo):
