@@ -37,6 +37,24 @@ def need_env(name: str) -> str:
     return value
 
 
+def make_test_ca(folder: Path) -> tuple[Path, Path, Path]:
+    """A certificate authority of its own and a certificate it signed for `localhost` and
+    127.0.0.1, made with the openssl command: (CA certificate, server certificate, server key)."""
+    ca_key, ca, key, request, cert = (folder / name for name in ("ca.key", "ca.pem", "tls.key", "tls.csr", "tls.pem"))
+    extensions = folder / "tls.ext"
+    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bandvote test CA",
+            "-keyout", str(ca_key), "-out", str(ca))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(request))
+    openssl("x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-days", "2", "-extfile", str(extensions), "-out", str(cert))
+    return ca, cert, key
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -11,6 +11,10 @@ Settings (environment):
 - VOTES_FILE (default votes.json beside this file) and VOTE_SET (`roster`, default, or `original`).
 - GRPC_TARGET: host:port of the gRPC server (default: the --host's name with port 50051).
 - GRPC_TLS: `1` to use TLS (the GKE Gateway listens on 443 with a certificate).
+- GRPC_CA_FILE: with GRPC_TLS, a PEM file of the roots to trust instead of grpcio's own (the
+  Gateway's self-signed certificate of docs/DEPLOY.md step 5, or a private CA).
+- GRPC_SERVER_NAME: with GRPC_TLS, the name the certificate must carry when GRPC_TARGET is an
+  address (for example the Gateway's IP before DNS points at it).
 - WASM_HOST: base URL of the Wasm route when it is not behind --host (locally: wasmtime serve).
 - VOTES_PER_USER: each simulated user stops after this many votes (default 0: no limit), and a
   local run quits once every user is done: it ends with no request in flight, so its counts
@@ -147,6 +151,20 @@ class WasmUser(OriginalHttpUser):
         self.post_vote()
 
 
+def grpc_channel(target: str) -> grpc.Channel:
+    """A channel to `target`, with TLS when GRPC_TLS=1 (roots from GRPC_CA_FILE when set)."""
+    if os.environ.get("GRPC_TLS") != "1":
+        return grpc.insecure_channel(target)
+    roots = None
+    if ca_file := os.environ.get("GRPC_CA_FILE"):
+        with open(ca_file, "rb") as file:
+            roots = file.read()
+    options = []
+    if server_name := os.environ.get("GRPC_SERVER_NAME"):
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots), options=options)
+
+
 class GrpcUser(User):
     """Native gRPC: one channel per simulated user, unary Cast per vote."""
 
@@ -156,10 +174,7 @@ class GrpcUser(User):
     def on_start(self):
         self.pb2, pb2_grpc = grpc_stubs.load()
         target = os.environ.get("GRPC_TARGET") or f"{urlparse(self.host or 'http://127.0.0.1').hostname}:50051"
-        if os.environ.get("GRPC_TLS") == "1":
-            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
-        else:
-            self.channel = grpc.insecure_channel(target)
+        self.channel = grpc_channel(target)
         self.stub = pb2_grpc.VotesStub(self.channel)
 
     def on_stop(self):

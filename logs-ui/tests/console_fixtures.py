@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import _start, _stop, _wait_ready, binary, free_port, need_env, wait_until
+from conftest import _start, _stop, _wait_ready, binary, free_port, make_test_ca, need_env, wait_until
 
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -155,26 +155,6 @@ def recorder():
     yield f"127.0.0.1:{server.server_address[1]}", Recorder.seen
     server.shutdown()
     time.sleep(0)
-
-
-def make_test_ca(folder: Path) -> tuple[Path, Path, Path]:
-    """A certificate authority of its own and a certificate it signed for `localhost` and
-    127.0.0.1, made with the openssl command: (CA certificate, server certificate, server key)."""
-    import subprocess
-
-    ca_key, ca, key, request, cert = (folder / name for name in ("ca.key", "ca.pem", "tls.key", "tls.csr", "tls.pem"))
-    extensions = folder / "tls.ext"
-    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bandvote test CA",
-            "-keyout", str(ca_key), "-out", str(ca))
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(request))
-    openssl("x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-            "-days", "2", "-extfile", str(extensions), "-out", str(cert))
-    return ca, cert, key
 
 
 @dataclass
