@@ -37,7 +37,9 @@ def documented_keys(repo) -> set[str]:
 def test_the_data_source_is_the_redis_plugin(datasource):
     assert datasource["type"] == "redis-datasource"
     assert datasource["url"].startswith("redis://redis.datastores.svc.cluster.local:6379")
-    assert datasource["secureJsonData"]["password"] == "$REDIS_PASSWORD"
+    # The read-only Redis user `grafana` (k8s/base/redis.yaml), not the default user.
+    assert (datasource["jsonData"]["acl"], datasource["jsonData"]["user"]) == (True, "grafana")
+    assert datasource["secureJsonData"]["password"] == "$REDIS_GRAFANA_PASSWORD"
 
 
 def test_the_provider_loads_the_mounted_dashboards(repo):

@@ -14,7 +14,9 @@ shows that each one catches what it is meant to catch).
 - `env_errors`: `$(VAR)` in env values, command and args names a variable Kubernetes can expand
   (for env values: one defined earlier in the same container); a password in a redis:// or
   mongodb:// URL is always `$(VAR)` of a variable that comes from a secretKeyRef; variables named
-  like secrets are never literal values.
+  like secrets are never literal values; command and args never name a secretKeyRef variable
+  (Kubernetes would write the secret into the process's arguments, which every process of the pod
+  can read in /proc/<pid>/cmdline).
 """
 
 from __future__ import annotations
@@ -288,6 +290,8 @@ def env_errors(objects: list[dict]) -> list[str]:
                     for ref in VAR_REF.findall(value):
                         if ref not in defined:
                             errors.append(f"{where}: {field} uses $({ref}), which is not an env variable of the container")
+                        elif "secretKeyRef" in defined[ref].get("valueFrom", {}):
+                            errors.append(f"{where}: {field} puts $({ref}), a Secret's value, on the command line")
                     strings.append((field, value))
             for what, value in strings:
                 for match in CREDENTIAL_URL.finditer(value):

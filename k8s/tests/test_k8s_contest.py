@@ -7,10 +7,15 @@
   and the file is one `bandvote-ingest` starts with (the real binary reads it).
 - Ingest reaches Redis as the user `ingest`, with the password of the `ingest-redis` Secret, never
   the default user's; the ACL's key pattern is the counting prefix.
-- The ACL for real: a redis-server started with the rendered StatefulSet's arguments. As `ingest`
-  the check script of ingest/src/standing.rs (read from that file) answers, and every write, every
-  key outside the prefix and every dangerous command is refused; the default user still writes;
-  and a real `bandvote-ingest` connected as `ingest` answers 409 from what the default user wrote.
+- Redis's users come from the StatefulSet's shell script, which writes them (passwords hashed) to
+  an ACL file on an in-memory volume and becomes redis-server: here it runs with the Secret's
+  variables and a stand-in redis-server, and no password is in redis-server's arguments, its
+  environment or the file.
+- The ACL for real: a redis-server started as that script starts it, with the file it wrote. As
+  `ingest` the check script of ingest/src/standing.rs (read from that file) answers, and every
+  write, every key outside the prefix and every dangerous command is refused; as `grafana` every
+  query of the dashboard answers and nothing else does; the default user still writes; and a real
+  `bandvote-ingest` connected as `ingest` answers 409 from what the default user wrote.
 
 The redis-server is the one `dev/services` runs (PATH), or BANDVOTE_REDIS_SERVER. A Redis older
 than the image's (Debian 12 has 7.0) refuses a rule for a command it does not have (CLIENT SETINFO
@@ -22,13 +27,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import subprocess
+import sys
 import time
 import urllib.parse
 import uuid
@@ -38,6 +47,7 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+import yaml
 
 from conftest import _start, _stop, _wait_ready, binary, free_port, need_env
 from exposure import env, is_ingest
@@ -106,13 +116,76 @@ def redis_container(objects) -> dict:
     return next(c for c in pod["containers"] if c["name"] == "redis")
 
 
-def ingest_user_rules(args: list[str]) -> list[str]:
-    """The rules of `--user ingest ...` in Redis's arguments (up to the next `--option`)."""
-    start = args.index("--user")
-    assert args[start + 1] == "ingest", args
-    rest = args[start + 2 :]
-    end = next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))
-    return rest[:end]
+def dashboard_queries():
+    """grafana/tests/dashboard_queries.py: the commands Grafana's Redis data source sends for the
+    dashboard's targets."""
+    if "dashboard_queries" not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "grafana/tests/dashboard_queries.py"
+        spec = importlib.util.spec_from_file_location("dashboard_queries", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["dashboard_queries"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["dashboard_queries"]
+
+
+def acl_users(text: str) -> dict[str, list[str]]:
+    """user name -> its rules, from an ACL file (`user <name> <rule>...` lines)."""
+    users = {}
+    for line in text.splitlines():
+        if line.strip():
+            keyword, name, *rules = line.split()
+            assert keyword == "user" and name not in users, line
+            users[name] = rules
+    return users
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class RedisStart:
+    """What the Redis container's script did, run here as the pod runs it."""
+
+    passwords: dict[str, str]  # the Secret's variables
+    mounts: dict[str, Path]  # the container's mount paths -> folders here
+    argv: list[str]  # what redis-server was started with
+    environ: str  # redis-server's environment
+    acl_path: Path  # the ACL file it wrote
+
+    @property
+    def users(self) -> dict[str, list[str]]:
+        return acl_users(self.acl_path.read_text())
+
+
+def run_redis_script(container: dict, root: Path) -> RedisStart:
+    """Runs the Redis container's `sh -c` script with random passwords in the Secret's variables
+    and its volumes as folders under `root`; a stand-in redis-server records its arguments and
+    environment instead of serving."""
+    assert container["command"] == ["sh", "-c"] and len(container["args"]) == 1, container["command"]
+    script = container["args"][0]
+    variables = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    passwords = {name: secrets.token_hex(24) for name in variables}
+    mounts = {m["mountPath"]: root / m["name"] for m in container["volumeMounts"]}
+    for path, folder in sorted(mounts.items(), key=lambda item: -len(item[0])):
+        folder.mkdir(parents=True, exist_ok=True)
+        script = script.replace(path + "/", f"{folder}/")
+    record = root / "bin"
+    record.mkdir()
+    stand_in = record / "redis-server"
+    stand_in.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$@" >"{record}/argv"\nenv >"{record}/environ"\n')
+    stand_in.chmod(0o755)
+    env = {"PATH": f"{record}:{os.environ['PATH']}", "HOME": str(root), **passwords}
+    run = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, f"the Redis container's script failed:\n{run.stderr}"
+    argv = (record / "argv").read_text().splitlines()
+    acl_path = Path(argv[argv.index("--aclfile") + 1])
+    return RedisStart(passwords, mounts, argv, (record / "environ").read_text(), acl_path)
+
+
+@pytest.fixture(scope="module")
+def redis_start(gke, tmp_path_factory) -> RedisStart:
+    return run_redis_script(redis_container(gke), tmp_path_factory.mktemp("redis-start"))
 
 
 def properties(text: str) -> dict[str, str]:
@@ -256,19 +329,20 @@ def test_ingest_reads_redis_as_the_user_ingest_with_its_own_secret(rendered, ove
     assert ingest != secret_value(objects, "datastores", "redis-auth", "REDIS_PASSWORD")
 
 
-def test_the_ingest_users_rules_name_the_counting_prefix_and_grant_no_more(gke):
+def test_the_ingest_users_rules_name_the_counting_prefix_and_grant_no_more(gke, redis_start):
     redis_c = redis_container(gke)
-    args = redis_c["args"]
-    assert redis_c["command"] == ["redis-server", "/etc/redis/redis.conf"]
-    assert args[:2] == ["--requirepass", "$(REDIS_PASSWORD)"] and args.count("--user") == 1
-    rules = ingest_user_rules(args)
+    # redis-server reads the ConfigMap's redis.conf (mounted at /etc/redis) and the ACL file.
+    assert redis_start.argv[0] == f"{redis_start.mounts['/etc/redis']}/redis.conf"
+    assert set(redis_start.users) == {"default", "ingest", "grafana"}
+    rules = redis_start.users["ingest"]
     assert rules[0] == "on"
-    assert [r for r in rules if r[:1] in ">#<!"] == [">$(REDIS_INGEST_PASSWORD)"], "one password, from the Secret"
+    password = redis_start.passwords["REDIS_INGEST_PASSWORD"]
+    assert [r for r in rules if r[:1] in ">#<!" or r == "nopass"] == [f"#{sha256(password)}"], "one password, from the Secret"
     ref = env_value(redis_c, "REDIS_INGEST_PASSWORD")["valueFrom"]["secretKeyRef"]
     assert ref["name"].startswith("redis-auth-") and ref["key"] == "REDIS_INGEST_PASSWORD"
     prefix = generated(gke, "ConfigMap", "ingest", "counting")["data"]["REDIS_KEY_PREFIX"]
     assert [r for r in rules if r[:1] in "~%" or r in ("allkeys", "resetkeys")] == [f"~{prefix}:*"]
-    granted = {"on", "resetchannels", ">$(REDIS_INGEST_PASSWORD)", f"~{prefix}:*"}
+    granted = {"on", "resetchannels", f"#{sha256(password)}", f"~{prefix}:*"}
     for rule in rules:
         assert rule in granted or rule[:1] in "+-", f"unexpected rule {rule}"
         assert rule not in ("+@all", "allcommands", "nopass", "allchannels", "+@write", "+@admin", "+@dangerous", "+eval")
@@ -276,6 +350,35 @@ def test_the_ingest_users_rules_name_the_counting_prefix_and_grant_no_more(gke):
     # CLIENT SETINFO, which the redis crate sends on connecting, exists from Redis 7.2.
     version = re.match(r"redis:(\d+)\.(\d+)", redis_c["image"])
     assert version and (int(version[1]), int(version[2])) >= (7, 2), redis_c["image"]
+
+
+def test_the_grafana_user_reads_the_counting_prefix_and_nothing_more(gke, redis_start):
+    rules = redis_start.users["grafana"]
+    password = redis_start.passwords["REDIS_GRAFANA_PASSWORD"]
+    prefix = generated(gke, "ConfigMap", "ingest", "counting")["data"]["REDIS_KEY_PREFIX"]
+    assert rules == ["on", f"#{sha256(password)}", "resetchannels", f"~{prefix}:*", "-@all", "+@read", "-@dangerous", "+ping"]
+    # The data source logs in as that user with that password (grafana/provisioning).
+    source = yaml.safe_load(generated(gke, "ConfigMap", "monitoring", "grafana-datasources")["data"]["redis.yaml"])["datasources"][0]
+    assert (source["jsonData"]["acl"], source["jsonData"]["user"]) == (True, "grafana")
+    assert source["secureJsonData"]["password"] == "$REDIS_GRAFANA_PASSWORD"
+    # The dashboard's prefix variable defaults to the one prefix the user may read.
+    dashboard = dashboard_queries().load(Path(__file__).resolve().parents[2] / "grafana/dashboards/bandvote-votes.json")
+    assert dashboard_queries().variables(dashboard)["prefix"] == prefix
+
+
+def test_no_redis_password_is_an_argument_an_environment_variable_or_in_the_acl_file(redis_start):
+    """/proc/<pid>/cmdline is readable by every process of the pod: Redis's passwords reach it
+    only as SHA-256 hashes in a file that only its user can read, on an in-memory volume."""
+    assert redis_start.argv[1:] == ["--aclfile", str(redis_start.acl_path)]
+    assert redis_start.acl_path.parent == redis_start.mounts["/run/redis"]
+    text = redis_start.acl_path.read_text()
+    for name, password in redis_start.passwords.items():
+        assert not any(password in a for a in redis_start.argv), f"{name} is an argument of redis-server"
+        assert password not in redis_start.environ, f"{name} is in redis-server's environment"
+        assert password not in text and sha256(password) in text, f"{name} is not hashed in the ACL file"
+    assert stat.S_IMODE(redis_start.acl_path.stat().st_mode) == 0o600
+    default = redis_start.users["default"]
+    assert default == ["on", f"#{sha256(redis_start.passwords['REDIS_PASSWORD'])}", "~*", "&*", "+@all"]
 
 
 def test_every_ingest_route_may_reach_redis_and_redis_admits_it(gke):
@@ -338,12 +441,13 @@ def test_ingest_starts_with_the_contest_file_and_applies_it(gke, tmp_path):
 
 
 class AclRedis:
-    """A redis-server started with the rendered arguments, and clients for its two users."""
+    """A redis-server started as the StatefulSet starts it, and clients for its three users."""
 
     def __init__(self, port: int, passwords: dict[str, str], prefix: str, left_out: list[str]):
         self.port, self.passwords, self.prefix, self.left_out = port, passwords, prefix, left_out
         self.default = redis.Redis(port=port, password=passwords["REDIS_PASSWORD"])
         self.ingest = redis.Redis(port=port, username="ingest", password=passwords["REDIS_INGEST_PASSWORD"])
+        self.grafana = redis.Redis(port=port, username="grafana", password=passwords["REDIS_GRAFANA_PASSWORD"])
 
     @property
     def ingest_url(self) -> str:
@@ -379,42 +483,42 @@ def _lacks_command(server: str, command: str, tmp: Path) -> bool:
         proc.wait(timeout=20)
 
 
+UNKNOWN_RULE = re.compile(r"ACL errors: (?P<file>\S+):(?P<line>\d+): Error in applying operation '(?P<rule>[+-](?P<command>[a-z|_-]+))': Unknown command")
+
+
 @pytest.fixture(scope="module")
-def acl_redis(gke, tmp_path_factory):
-    """Redis as the StatefulSet starts it: its redis.conf (from the ConfigMap) and its arguments
-    with the Secret's variables expanded, on a free loopback port and a scratch folder."""
+def acl_redis(gke, redis_start, tmp_path_factory):
+    """Redis as the StatefulSet starts it: its redis.conf (from the ConfigMap) and the arguments and
+    ACL file of the container's script, on a free loopback port and a scratch folder."""
     tmp = tmp_path_factory.mktemp("acl-redis")
     server = os.environ.get("BANDVOTE_REDIS_SERVER") or shutil.which("redis-server")
     if not server:
         pytest.fail("redis-server not found: run `dev/services install` (dev/pytest starts the local services)")
-    container = redis_container(gke)
-    variables = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-    passwords = {name: secrets.token_hex(24) for name in variables}
-    args = [re.sub(r"\$\((\w+)\)", lambda m: passwords[m[1]], a) for a in container["args"]]
-    assert not any("$(" in a for a in args)
     # Redis changes into `dir` as it reads the file, so the data folder is replaced there.
-    conf = tmp / "redis.conf"
+    conf = Path(redis_start.argv[0])
     text = generated(gke, "ConfigMap", "datastores", "redis-config")["data"]["redis.conf"]
     conf.write_text(re.sub(r"^dir .*$", f"dir {tmp}", text, count=1, flags=re.M))
     port = free_port()
     local = ["--bind", "127.0.0.1", "--port", str(port), "--appendonly", "no", "--save", "", "--maxmemory", "64mb"]
     left_out = []
-    while (proc := _launch(server, [str(conf), *args, *local], tmp / "redis.log")) is None:
+    while (proc := _launch(server, [*redis_start.argv, *local], tmp / "redis.log")) is None:
         log = (tmp / "redis.log").read_text(errors="replace")
-        unknown = re.search(r"Error loading ACL rule '([+-])([a-z|_-]+)' for the user named 'ingest': Unknown command", log)
-        assert unknown and _lacks_command(server, unknown[2], tmp), f"Redis refused the arguments:\n{log[-2000:]}"
-        rule = unknown[1] + unknown[2]
-        args.remove(rule)
-        left_out.append(rule)
+        unknown = UNKNOWN_RULE.search(log)
+        assert unknown and _lacks_command(server, unknown["command"], tmp), f"Redis refused its ACL file:\n{log[-2000:]}"
+        lines = redis_start.acl_path.read_text().splitlines()
+        number = int(unknown["line"]) - 1
+        lines[number] = " ".join(r for r in lines[number].split() if r != unknown["rule"])
+        redis_start.acl_path.write_text("\n".join(lines) + "\n")
+        left_out.append(unknown["rule"])
         version = subprocess.run([server, "--version"], capture_output=True, text=True).stdout.split()[2].removeprefix("v=")
-        warnings.warn(f"redis-server {version} has no {unknown[2]}: the rule {rule} is left out here")
+        warnings.warn(f"redis-server {version} has no {unknown['command']}: the rule {unknown['rule']} is left out here")
     prefix = generated(gke, "ConfigMap", "ingest", "counting")["data"]["REDIS_KEY_PREFIX"]
-    acl = AclRedis(port, passwords, prefix, left_out)
+    acl = AclRedis(port, redis_start.passwords, prefix, left_out)
     try:
         yield acl
     finally:
-        acl.default.close()
-        acl.ingest.close()
+        for client in (acl.default, acl.ingest, acl.grafana):
+            client.close()
         proc.terminate()
         proc.wait(timeout=20)
 
@@ -489,6 +593,47 @@ def test_a_script_ingest_runs_cannot_write_and_its_keys_stay_under_the_prefix(ac
     sha = acl_redis.ingest.script_load(check_script(repo))
     with pytest.raises(redis.exceptions.NoPermissionError):
         acl_redis.ingest.evalsha(sha, 2, "other:{votes/0}:voters", "other:{votes/0}:resend:1", 1, b"d", "ana", "x")
+
+
+def test_the_grafana_user_answers_every_query_of_the_dashboard(acl_redis, repo):
+    queries = dashboard_queries()
+    dashboard = queries.load(repo / "grafana/dashboards/bandvote-votes.json")
+    values = queries.variables(dashboard)
+    assert values["prefix"] == acl_redis.prefix
+    prefix = acl_redis.prefix
+    # A few of the keys the consumer writes, so that the queries read something (removed after).
+    seeded = [f"{prefix}:votes:total", f"{prefix}:votes:band", f"{prefix}:leaderboard", f"{prefix}:votes:timeline"]
+    assert not acl_redis.default.exists(*seeded)
+    acl_redis.default.set(seeded[0], 3)
+    acl_redis.default.hset(seeded[1], mapping={"Alux Nahual": 2, "Viernes Verde": 1})
+    acl_redis.default.zadd(seeded[2], {"Alux Nahual": 2})
+    acl_redis.default.xadd(seeded[3], {"votes": 3})
+    acl_redis.default.acl_log_reset()
+    now = int(time.time() * 1000)
+    lines = [queries.command(target, values, (now - 3_600_000, now + 60_000)) for _, target in queries.targets(dashboard)]
+    assert lines
+    try:
+        for line in lines:
+            acl_redis.grafana.execute_command(*line)
+    finally:
+        acl_redis.default.delete(*seeded)
+    assert acl_redis.grafana.execute_command("PING") is True, "the data source's health check"
+    denied = [entry for entry in acl_redis.default.acl_log() if entry.get("username") == "grafana"]
+    assert not denied, f"Redis refused Grafana: {denied}"
+
+
+GRAFANA_REFUSED = {
+    **REFUSED,
+    "SCRIPT LOAD": lambda r, p: r.script_load("return 1"),
+    "EVALSHA": lambda r, p: r.evalsha("0" * 40, 0),
+    "CLIENT LIST": lambda r, p: r.client_list(),
+}
+
+
+@pytest.mark.parametrize("what", sorted(GRAFANA_REFUSED))
+def test_the_grafana_user_cannot_write_or_reach_beyond_its_keys(acl_redis, what):
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        GRAFANA_REFUSED[what](acl_redis.grafana, acl_redis.prefix)
 
 
 def test_the_default_user_still_writes_everything(acl_redis):

@@ -147,6 +147,7 @@ def test_every_kind_of_workload_is_checked(rendered):
     gke = rendered["k8s/overlays/gke"]
     writable = {
         ("redis", "/data"): container(gke, "StatefulSet", "redis"),
+        ("redis", "/run/redis"): container(gke, "StatefulSet", "redis"),
         ("mongodb", "/data/db"): container(gke, "StatefulSet", "mongodb"),
         ("mongodb", "/tmp"): container(gke, "StatefulSet", "mongodb"),
         ("grafana", "/var/lib/grafana"): container(gke, "Deployment", "grafana", "grafana"),
@@ -282,8 +283,8 @@ def test_deploy_creates_every_secret_key_the_manifests_use(deployed):
 
 
 def test_one_password_per_store(deployed):
-    """The consumer and Grafana get Redis's password from the same file Redis does, and ingest its
-    own user's."""
+    """The consumer gets Redis's password from the same file Redis does, and ingest and Grafana
+    their own users'."""
     secrets, objects = deployed
     redis = env_file(secrets / "redis.env")["REDIS_PASSWORD"]
     consumer_mongo = env_file(secrets / "mongodb-consumer.env")["MONGO_CONSUMER_PASSWORD"]
@@ -294,7 +295,12 @@ def test_one_password_per_store(deployed):
         return base64.b64decode(obj["data"][key]).decode()
 
     assert secret("redis-auth", "REDIS_PASSWORD") == secret("consumer-stores", "REDIS_PASSWORD") == redis
-    assert secret("grafana-auth", "REDIS_PASSWORD") == redis
+    # Redis's user `grafana`, read-only: Grafana never gets the default user's password.
+    grafana_redis = env_file(secrets / "redis-grafana.env")["REDIS_GRAFANA_PASSWORD"]
+    assert secret("redis-auth", "REDIS_GRAFANA_PASSWORD") == secret("grafana-auth", "REDIS_GRAFANA_PASSWORD") == grafana_redis
+    grafana_secret = next(o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].startswith("grafana-auth"))
+    assert "REDIS_PASSWORD" not in grafana_secret["data"]
+    assert grafana_redis != redis
     # Redis's user `ingest`: Redis and the ingest pods get it from one file, and it is not the default user's.
     ingest_redis = env_file(secrets / "redis-ingest.env")["REDIS_INGEST_PASSWORD"]
     assert secret("redis-auth", "REDIS_INGEST_PASSWORD") == secret("ingest-redis", "REDIS_INGEST_PASSWORD") == ingest_redis
@@ -318,9 +324,15 @@ def test_redis_mongodb_and_their_clients_use_the_secrets(rendered):
         assert ref["name"].startswith(secret) and ref["key"] == key, f"{c['name']}: {name} from {ref}"
 
     redis = container(gke, "StatefulSet", "redis")
-    from_secret(redis, "REDIS_PASSWORD", "redis-auth", "REDIS_PASSWORD")
-    # The default user's password; the user `ingest` that follows is checked in test_k8s_contest.py.
-    assert redis["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    for name in ("REDIS_PASSWORD", "REDIS_INGEST_PASSWORD", "REDIS_GRAFANA_PASSWORD"):
+        from_secret(redis, name, "redis-auth", name)
+    # No password in Redis's arguments: the container's shell writes them, hashed, into an ACL file
+    # on an in-memory volume (test_k8s_contest.py runs it and a real Redis with the file).
+    assert redis["command"] == ["sh", "-c"] and "--aclfile /run/redis/users.acl" in redis["args"][0]
+    assert not any("requirepass" in a or re.search(r"\$\(\w+\)", a) for a in redis["command"] + redis["args"])
+    acl = next(m for m in redis["volumeMounts"] if m["mountPath"] == "/run/redis")
+    volume = next(v for v in find(gke, "StatefulSet", "redis")["spec"]["template"]["spec"]["volumes"] if v["name"] == acl["name"])
+    assert volume["emptyDir"]["medium"] == "Memory", "the ACL file stays off the disks"
 
     mongodb = container(gke, "StatefulSet", "mongodb")
     from_secret(mongodb, "MONGO_INITDB_ROOT_USERNAME", "mongodb-auth", "MONGO_INITDB_ROOT_USERNAME")
@@ -333,11 +345,13 @@ def test_redis_mongodb_and_their_clients_use_the_secrets(rendered):
     assert env_entry(consumer, "MONGODB_URI")["value"].startswith("mongodb://consumer:$(MONGO_CONSUMER_PASSWORD)@mongodb.datastores.svc")
 
     grafana = container(gke, "Deployment", "grafana", "grafana")
-    from_secret(grafana, "REDIS_PASSWORD", "grafana-auth", "REDIS_PASSWORD")
+    from_secret(grafana, "REDIS_GRAFANA_PASSWORD", "grafana-auth", "REDIS_GRAFANA_PASSWORD")
+    assert not [e for e in grafana["env"] if e["name"] == "REDIS_PASSWORD"], "Grafana reads as `grafana`, not the default user"
     from_secret(grafana, "GF_SECURITY_ADMIN_PASSWORD", "grafana-auth", "GF_SECURITY_ADMIN_PASSWORD")
     datasources = find(gke, "ConfigMap", "grafana-datasources")
     source = yaml.safe_load(datasources["data"]["redis.yaml"])["datasources"][0]
-    assert source["secureJsonData"]["password"] == "$REDIS_PASSWORD"
+    assert source["secureJsonData"]["password"] == "$REDIS_GRAFANA_PASSWORD"
+    assert (source["jsonData"]["acl"], source["jsonData"]["user"]) == (True, "grafana")
     assert "@" not in source["url"], "no credentials in the data source URL"
 
 
@@ -359,7 +373,11 @@ def _password_from_a_literal(objs):
 
 
 def _undefined_in_args(objs):
-    container(objs, "StatefulSet", "redis")["args"][1] = "$(REDIS_PASS)"
+    container(objs, "StatefulSet", "redis")["args"].append("$(REDIS_PASS)")
+
+
+def _secret_in_args(objs):
+    container(objs, "StatefulSet", "redis")["args"] += ["--requirepass", "$(REDIS_PASSWORD)"]
 
 
 def _literal_password_variable(objs):
@@ -377,6 +395,7 @@ URL_BREAKS = {
     "variable defined too late": (_password_defined_after_the_url, "env MONGODB_URI uses $(MONGO_CONSUMER_PASSWORD), which is not defined before it"),
     "password not from a Secret": (_password_from_a_literal, "env REDIS_URL: the password of its redis URL is not $(VAR) of a secretKeyRef"),
     "undefined variable in args": (_undefined_in_args, "args uses $(REDIS_PASS)"),
+    "secret on the command line": (_secret_in_args, "args puts $(REDIS_PASSWORD), a Secret's value, on the command line"),
     "literal password variable": (_literal_password_variable, "env GF_SECURITY_ADMIN_PASSWORD is a literal value"),
     "credentials in a ConfigMap": (_url_in_a_config_map, "MONGODB_URI: a mongodb URL carries a literal password"),
 }

@@ -112,7 +112,7 @@ def break_configmap_ref(objs):
 
 def break_configmap_key(objs):
     volumes = _find(objs, "StatefulSet", "redis")["spec"]["template"]["spec"]["volumes"]
-    volumes[0]["configMap"]["items"][0]["key"] = "redis.cnf"
+    next(v for v in volumes if v["name"] == "config")["configMap"]["items"][0]["key"] = "redis.cnf"
 
 
 def break_pvc(objs):
