@@ -197,25 +197,10 @@ impl Pipeline {
     ) -> Option<LogBatch> {
         metrics::histogram!("bandvote_consumer_batch_size").record(records.len() as f64);
         metrics::counter!("bandvote_consumer_records_received_total").increment(records.len() as u64);
-        let mut partitions: BTreeMap<i32, Received> = BTreeMap::new();
-        for record in records {
-            let received = partitions.entry(record.partition).or_insert_with(|| Received::new(record.offset));
-            received.next = record.offset + 1;
-            match VoteEvent::decode(record.payload.as_deref()) {
-                Ok(event) => received.votes.push(LoggedVote {
-                    event,
-                    partition: record.partition,
-                    offset: record.offset,
-                    refused: None,
-                }),
-                Err(err) => {
-                    let reason = err.to_string();
-                    tracing::warn!(partition = record.partition, offset = record.offset, %reason, "record is not a vote; dead-lettering it");
-                    retry("dead-letter topic", shutdown, || self.dead_letters.send(&self.topic, &record, &reason))
-                        .await?;
-                    received.dead_letters.push(record.offset);
-                }
-            }
+        let (partitions, not_votes) = split(records);
+        for (record, reason) in &not_votes {
+            tracing::warn!(partition = record.partition, offset = record.offset, %reason, "record is not a vote; dead-lettering it");
+            retry("dead-letter topic", shutdown, || self.dead_letters.send(&self.topic, record, reason)).await?;
         }
         let mut batches: Vec<PartitionBatch<'_>> = Vec::with_capacity(partitions.len());
         for (&partition, received) in &partitions {
@@ -280,18 +265,8 @@ impl Pipeline {
                         metrics::counter!("bandvote_consumer_votes_refused_total", "reason" => refused.code())
                             .increment(1);
                     }
-                    // Each vote with its decision; copies of one vote in one batch are logged once.
-                    for (mut vote, decision) in received.votes.into_iter().zip(&counted.decisions) {
-                        vote.refused = match decision {
-                            Decision::Counted => None,
-                            Decision::Refused(reason) => Some(*reason),
-                            Decision::Forgotten => continue,
-                        };
-                        if logged.insert(vote.document_id()) {
-                            batch.votes.push(vote);
-                        }
-                    }
                     batch.next_offsets.insert(partition, received.next);
+                    batch.votes.extend(received.into_log(&counted.decisions, &mut logged));
                 }
                 Applied::Behind { position } => {
                     metrics::counter!("bandvote_consumer_position_seeks_total", "reason" => "redis_behind")
@@ -406,6 +381,49 @@ impl Received {
     fn new(first: i64) -> Self {
         Received { first, next: first, votes: Vec::new(), dead_letters: Vec::new() }
     }
+
+    /// The votes to log, each with the counting script's decision (`decisions`, in the order of
+    /// `votes`): a vote forgotten by the re-send memory was logged long ago and is left out, and
+    /// copies of one vote (by document id, across the batch's partitions: `logged`) are logged once.
+    fn into_log(self, decisions: &[Decision], logged: &mut HashSet<String>) -> Vec<LoggedVote> {
+        let mut votes = Vec::with_capacity(self.votes.len());
+        for (mut vote, decision) in self.votes.into_iter().zip(decisions) {
+            vote.refused = match decision {
+                Decision::Counted => None,
+                Decision::Refused(reason) => Some(*reason),
+                Decision::Forgotten => continue,
+            };
+            if logged.insert(vote.document_id()) {
+                votes.push(vote);
+            }
+        }
+        votes
+    }
+}
+
+/// A batch of records by partition: the votes decoded, the offsets of what is not a vote, and
+/// where each partition's records begin and end; and the records that are not votes, with why,
+/// for the dead-letter topic.
+fn split(records: Vec<Record>) -> (BTreeMap<i32, Received>, Vec<(Record, String)>) {
+    let mut partitions: BTreeMap<i32, Received> = BTreeMap::new();
+    let mut not_votes = Vec::new();
+    for record in records {
+        let received = partitions.entry(record.partition).or_insert_with(|| Received::new(record.offset));
+        received.next = record.offset + 1;
+        match VoteEvent::decode(record.payload.as_deref()) {
+            Ok(event) => received.votes.push(LoggedVote {
+                event,
+                partition: record.partition,
+                offset: record.offset,
+                refused: None,
+            }),
+            Err(err) => {
+                received.dead_letters.push(record.offset);
+                not_votes.push((record, err.to_string()));
+            }
+        }
+    }
+    (partitions, not_votes)
 }
 
 /// Where a partition is read from after the counting loop moved it.
@@ -501,5 +519,84 @@ where
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bandvote_domain::{Ballot, Refused, Route, VoteId};
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(vote_id: &str, voter: Option<&str>, band: &str) -> VoteEvent {
+        let mut body = json!({"name": band, "album": "Conquista", "year": "1985", "rank": "8"});
+        if let Some(voter) = voter {
+            body["voter_id"] = json!(voter);
+        }
+        VoteEvent {
+            vote_id: VoteId::parse(vote_id).expect("id"),
+            ballot: Ballot::from_json(&body).expect("valid"),
+            route: Route::Http,
+            received_at_ms: 1_764_000_000_000,
+        }
+    }
+
+    fn record(partition: i32, offset: i64, payload: Option<Vec<u8>>) -> Record {
+        Record { partition, offset, key: None, payload }
+    }
+
+    fn vote(partition: i32, offset: i64, vote_id: &str) -> Record {
+        record(partition, offset, Some(event(vote_id, Some("phone:502"), "Alux Nahual").encode()))
+    }
+
+    #[test]
+    fn a_batch_splits_into_votes_dead_letters_and_each_partitions_range() {
+        let records = vec![
+            vote(3, 40, "a"),
+            vote(1, 7, "b"),
+            record(3, 41, Some(b"{not json".to_vec())),
+            record(3, 42, None),
+            vote(3, 43, "c"),
+            vote(1, 8, "d"),
+        ];
+        let (partitions, not_votes) = split(records);
+        assert_eq!(partitions.keys().copied().collect::<Vec<_>>(), [1, 3]);
+        let three = &partitions[&3];
+        assert_eq!((three.first, three.next), (40, 44), "the records read, dead letters included");
+        assert_eq!(three.dead_letters, [41, 42]);
+        let ids: Vec<(i64, &str)> = three.votes.iter().map(|v| (v.offset, v.event.vote_id.as_str())).collect();
+        assert_eq!(ids, [(40, "a"), (43, "c")], "votes in offset order, each with its own offset");
+        assert!(three.votes.iter().all(|v| v.partition == 3 && v.refused.is_none()));
+        let one = &partitions[&1];
+        assert_eq!((one.first, one.next, one.dead_letters.len(), one.votes.len()), (7, 9, 0, 2));
+        let reasons: Vec<(i64, bool)> = not_votes.iter().map(|(r, why)| (r.offset, !why.is_empty())).collect();
+        assert_eq!(reasons, [(41, true), (42, true)], "each record that is not a vote goes out with a reason");
+    }
+
+    #[test]
+    fn votes_are_logged_with_their_decision_once_and_forgotten_ones_not_again() {
+        let records = vec![vote(0, 1, "a"), vote(0, 2, "b"), vote(0, 3, "c"), vote(0, 4, "a"), vote(0, 5, "d")];
+        let (mut partitions, _) = split(records);
+        let received = partitions.remove(&0).expect("partition 0");
+        let decisions = [
+            Decision::Counted,
+            Decision::Refused(Refused::LimitReached),
+            Decision::Forgotten,
+            // The same vote again in the same batch: the script gives it the original's decision.
+            Decision::Counted,
+            Decision::Refused(Refused::VoteIdConflict),
+        ];
+        let mut logged = HashSet::new();
+        let votes = received.into_log(&decisions, &mut logged);
+        let shown: Vec<(&str, Option<Refused>)> = votes.iter().map(|v| (v.event.vote_id.as_str(), v.refused)).collect();
+        assert_eq!(
+            shown,
+            [("a", None), ("b", Some(Refused::LimitReached)), ("d", Some(Refused::VoteIdConflict))],
+            "a forgotten vote is not logged again; a copy in the same batch is logged once"
+        );
+        // A conflicting vote is logged beside the original, under its own document id.
+        assert!(votes[2].document_id().starts_with("phone:502/d~"), "{}", votes[2].document_id());
+        assert_eq!(logged.len(), 3);
     }
 }
