@@ -181,3 +181,18 @@ def test_every_dashboard_query_returns_what_the_pipeline_wrote(dashboard, pipeli
             pytest.fail(f"{where}: the test has no expectation for key {key}; add one")
         checked.add(key)
     assert {"votes:total", "votes:band", "votes:album", "votes:route", "leaderboard", "votes:timeline", "rank:avg"} <= checked
+
+
+def test_grafana_and_the_plugin_are_the_documented_pair(repo):
+    """Both containers run one Grafana, the init container installs one pinned plugin version, and
+    that pair is the one grafana/README.md says is known to load together."""
+    deployment = next(d for d in yaml.safe_load_all((repo / "k8s/base/grafana.yaml").read_text())
+                      if d and d.get("kind") == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    images = {c["image"] for c in pod["initContainers"] + pod["containers"]}
+    assert len(images) == 1, f"the plugin is installed by the Grafana that runs it: {images}"
+    grafana_version = images.pop().split(":")[1]
+    install = next(c for c in pod["initContainers"] if c["name"] == "install-redis-datasource")["command"]
+    assert install[-2] == "redis-datasource" and re.fullmatch(r"\d+\.\d+\.\d+", install[-1]), install
+    readme = (repo / "grafana/README.md").read_text()
+    assert f"pins Grafana {grafana_version} with `redis-datasource` {install[-1]}" in readme
