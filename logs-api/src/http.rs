@@ -11,13 +11,14 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use bandvote_domain::{LogId, LogTallies, LoggedVote, VotePage, vote_log::CertifiedResult};
+use bandvote_domain::{LogId, LoggedVote, VotePage, vote_log::CertifiedResult};
 use bandvote_ops::{health, reply::ApiError};
 use serde_json::json;
 
 use crate::{
     query::{Filter, LogQuery, ParamError},
     store::{StoreError, VoteStore},
+    tally::{TallyAnswer, TallyError, TallyRefresher},
 };
 
 /// The OpenAPI 3.1 document of this API.
@@ -31,10 +32,11 @@ pub struct Limits {
 #[derive(Clone)]
 struct AppState {
     store: VoteStore,
+    tallies: TallyRefresher,
     limits: Limits,
 }
 
-pub fn router(store: VoteStore, limits: Limits) -> Router {
+pub fn router(store: VoteStore, refresher: TallyRefresher, limits: Limits) -> Router {
     let ready_store = store.clone();
     let ready: health::ReadyCheck = Arc::new(move || {
         let store = ready_store.clone();
@@ -47,7 +49,7 @@ pub fn router(store: VoteStore, limits: Limits) -> Router {
         .route("/tallies", get(tallies))
         .route("/result", get(result))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
-        .with_state(AppState { store, limits })
+        .with_state(AppState { store, tallies: refresher, limits })
         .merge(health::routes(ready))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path; see GET /openapi.json") })
         .method_not_allowed_fallback(|| async {
@@ -94,9 +96,16 @@ async fn one(
     }
 }
 
-async fn tallies(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<LogTallies>, ApiError> {
+/// The latest tally the background computed; the refresher logs and counts its own failures.
+async fn tallies(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<TallyAnswer>, ApiError> {
     let filter = Filter::parse(query.as_deref()).map_err(invalid)?;
-    Ok(Json(state.store.tallies(&filter).await.map_err(unavailable)?))
+    match state.tallies.get(&filter).await {
+        Ok(answer) => Ok(Json(answer)),
+        Err(err @ TallyError::Pending(_)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tally_pending", err.to_string()))
+        }
+        Err(TallyError::Store(err)) => Err(store_error(&err)),
+    }
 }
 
 async fn result(State(state): State<AppState>) -> Result<Json<CertifiedResult>, ApiError> {
@@ -118,6 +127,10 @@ fn invalid(err: ParamError) -> ApiError {
 fn unavailable(err: StoreError) -> ApiError {
     tracing::warn!(error = %err, "vote log query failed");
     metrics::counter!("bandvote_logs_api_query_errors_total").increment(1);
+    store_error(&err)
+}
+
+fn store_error(err: &StoreError) -> ApiError {
     match err {
         StoreError::TooManyGroups => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_groups", err.to_string())

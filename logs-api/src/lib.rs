@@ -2,8 +2,10 @@
 //!
 //! * [`query`] turns a request's query string into a [`query::LogQuery`]: every parameter is
 //!   checked and bounded, and only becomes a plain value in a filter, never a query operator.
-//! * [`store`] runs the three reads the API has (latest votes, one vote, tallies) with a time
-//!   limit on each.
+//! * [`store`] runs the reads the API has (latest votes, one vote, tallies, the result) with a
+//!   time limit on each; a page is read as range scans on the index, not as a sort of the log.
+//! * [`tally`] keeps the tallies up to date in the background: a request answers at once with the
+//!   latest one and the time it is as of.
 //! * [`http`] maps them to `GET /votes`, `GET /votes/{vote_id}` and `GET /tallies`, and serves
 //!   the OpenAPI document at `GET /openapi.json`.
 //!
@@ -17,6 +19,7 @@
 pub mod http;
 pub mod query;
 pub mod store;
+pub mod tally;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -26,7 +29,10 @@ use bandvote_ops::config::{MongoArgs, TelemetryArgs, parse_duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::VoteStore;
+use crate::{
+    store::VoteStore,
+    tally::{TallyRefresher, TallySettings},
+};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "bandvote-logs-api", version, about = "The bandvote logs API: the MongoDB vote log over HTTP.")]
@@ -40,12 +46,21 @@ pub struct Config {
     /// The most votes one page may ask for with `limit`.
     #[arg(long, env = "MAX_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_page_size: u32,
-    /// Longest time a query may take in MongoDB before the API answers 503.
+    /// Longest time a request's queries (a page's windows together) may take in MongoDB before
+    /// the API answers 503.
     #[arg(long = "query-timeout", env = "QUERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub query_timeout: Duration,
-    /// How long a computed tally is reused before it is computed again.
-    #[arg(long = "tally-cache", env = "TALLY_CACHE", default_value = "2s", value_parser = parse_duration)]
-    pub tally_cache: Duration,
+    /// How often each tally is recomputed in the background (at least 100 ms apart): an answer
+    /// is at most this old, plus its query's time.
+    #[arg(long = "tally-cache", env = "TALLY_CACHE", value_name = "TALLY_CACHE", default_value = "2s", value_parser = parse_duration)]
+    pub tally_interval: Duration,
+    /// Longest a request waits for the first tally of a filter nobody asked for recently before
+    /// the API answers 503 `tally_pending`.
+    #[arg(long = "tally-wait", env = "TALLY_WAIT", default_value = "1s", value_parser = parse_duration)]
+    pub tally_wait: Duration,
+    /// Longest a background query (a tally, the oldest vote) may take in MongoDB.
+    #[arg(long = "background-query-timeout", env = "BACKGROUND_QUERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub background_query_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -67,7 +82,7 @@ impl LogsApi {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         bandvote_ops::telemetry::metrics();
         let names = MongoNames::new(&config.mongo.database);
-        let store = VoteStore::connect(&config.mongo.uri, &names, config.query_timeout, config.tally_cache)
+        let store = VoteStore::connect(&config.mongo.uri, &names, config.query_timeout)
             .await
             .context("MONGODB_URI is not a usable MongoDB connection string")?;
         let listener = TcpListener::bind((config.host.as_str(), config.port))
@@ -83,7 +98,18 @@ impl LogsApi {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let LogsApi { config, store, listener } = self;
         let addr = listener.local_addr()?;
-        let router = http::router(store, http::Limits { max_page_size: config.max_page_size });
+        // The background work ends with the server: the tallies' refreshers and the one look for
+        // the oldest vote.
+        let background = shutdown.child_token();
+        let _stop_background = background.clone().drop_guard();
+        tokio::spawn(store.clone().learn_oldest(config.background_query_timeout, background.clone()));
+        let settings = TallySettings {
+            interval: config.tally_interval,
+            wait: config.tally_wait,
+            query_timeout: config.background_query_timeout,
+        };
+        let tallies = TallyRefresher::start(store.clone(), settings, background);
+        let router = http::router(store, tallies, http::Limits { max_page_size: config.max_page_size });
         let stopped = shutdown.clone();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move { stopped.cancelled().await });
         tracing::info!(%addr, database = %config.mongo.database, "logs API listening");

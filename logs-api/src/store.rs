@@ -1,10 +1,17 @@
 //! The reads of the vote log. Each one is bounded: a page has at most `MAX_PAGE_SIZE` votes, every
 //! query carries a server-side time limit and a client-side timeout, and tallies group by at most
 //! [`MAX_TALLY_GROUPS`] (band, album, route) triples.
+//!
+//! A page is read as a bounded range scan on the `newest_first` index (or the filter's own index):
+//! the votes received in a window below the page's top (now, or the cursor), newest first, widened
+//! [`WINDOW_GROWTH`] times at a time from [`FIRST_WINDOW`] until the page is full. Once the window
+//! reaches the oldest vote the instance has seen (or [`WIDEST_WINDOW`]), the last query has no lower
+//! bound, which is the query of an unwindowed page: a page is always exactly the first `limit`
+//! votes of the unbounded "newest first" order below its top.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -19,6 +26,7 @@ use mongodb::{
     options::ClientOptions,
 };
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::query::{Cursor, Filter, LogQuery};
 
@@ -27,8 +35,18 @@ use crate::query::{Cursor, Filter, LogQuery};
 /// growing without bound.
 pub const MAX_TALLY_GROUPS: usize = 10_000;
 
-/// How many filtered tallies are kept for reuse at most.
-const TALLY_CACHE_ENTRIES: usize = 64;
+/// The first window a page reads: the votes received in the 10 s below its top.
+pub const FIRST_WINDOW: Duration = Duration::from_secs(10);
+
+/// How much wider each next window is than the one before.
+pub const WINDOW_GROWTH: u32 = 4;
+
+/// The widest window with a lower bound (10 s × 4⁹, about 30 days); past it, the page's last
+/// query has none.
+pub const WIDEST_WINDOW: Duration = Duration::from_secs(10 * 4u64.pow(9));
+
+/// How often the oldest vote is looked for again while the log is empty or does not answer.
+const OLDEST_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -89,7 +107,7 @@ impl StoredVote {
     }
 }
 
-fn rfc3339_millis(at: DateTime) -> String {
+pub(crate) fn rfc3339_millis(at: DateTime) -> String {
     // bson writes whole seconds without a fraction; the console and the cursor want milliseconds.
     let millis = at.timestamp_millis().rem_euclid(1000);
     let seconds = DateTime::from_millis(at.timestamp_millis() - millis);
@@ -97,25 +115,20 @@ fn rfc3339_millis(at: DateTime) -> String {
     format!("{}.{millis:03}Z", text.trim_end_matches('Z'))
 }
 
-type TallyCache = Arc<Mutex<HashMap<Filter, (Instant, LogTallies)>>>;
-
 #[derive(Clone)]
 pub struct VoteStore {
     client: Client,
     votes: Collection<Document>,
     results: Collection<Document>,
     timeout: Duration,
-    tally_ttl: Duration,
-    tallies: TallyCache,
+    /// The `received_at` (ms) of the oldest vote when it was first looked for: where widening a
+    /// page's window stops. Only a hint: a vote logged later with an older `received_at` is still
+    /// read, by the page's last query, which has no lower bound.
+    oldest_ms: Arc<OnceLock<i64>>,
 }
 
 impl VoteStore {
-    pub async fn connect(
-        uri: &str,
-        names: &MongoNames,
-        timeout: Duration,
-        tally_ttl: Duration,
-    ) -> mongodb::error::Result<Self> {
+    pub async fn connect(uri: &str, names: &MongoNames, timeout: Duration) -> mongodb::error::Result<Self> {
         let mut options = ClientOptions::parse(uri).await?;
         options.app_name.get_or_insert_with(|| "bandvote-logs-api".to_owned());
         // Fail a request fast when MongoDB is gone instead of after the driver's 30 s default.
@@ -124,7 +137,7 @@ impl VoteStore {
         let client = Client::with_options(options)?;
         let votes = client.database(&names.database).collection(&names.collection);
         let results = client.database(&names.database).collection(MongoNames::RESULTS);
-        Ok(VoteStore { client, votes, results, timeout, tally_ttl, tallies: Arc::default() })
+        Ok(VoteStore { client, votes, results, timeout, oldest_ms: Arc::default() })
     }
 
     pub async fn ping(&self) -> Result<(), String> {
@@ -133,31 +146,45 @@ impl VoteStore {
             .map_err(|e| format!("mongodb: {e}"))
     }
 
-    /// A page of votes, newest first, starting strictly after `query.cursor`.
+    /// A page of votes, newest first, starting strictly after `query.cursor`: the first
+    /// `query.limit` votes of the unbounded order, read through windows that widen until the page
+    /// is full (see the module docs).
     pub async fn page(&self, query: &LogQuery) -> Result<VotePage, StoreError> {
-        let mut filter = filter_document(&query.filter);
-        if let Some(cursor) = &query.cursor {
-            let at = DateTime::from_millis(cursor.received_at_ms);
-            filter.insert(
-                "$or",
-                vec![doc! {"received_at": {"$lt": at}}, doc! {"received_at": at, "_id": {"$lt": cursor.id.as_str()}}],
-            );
+        let deadline = Instant::now() + self.timeout;
+        let mut below = filter_document(&query.filter);
+        let top_ms = match &query.cursor {
+            Some(cursor) => {
+                let at = DateTime::from_millis(cursor.received_at_ms);
+                below.insert(
+                    "$or",
+                    vec![
+                        doc! {"received_at": {"$lt": at}},
+                        doc! {"received_at": at, "_id": {"$lt": cursor.id.as_str()}},
+                    ],
+                );
+                cursor.received_at_ms
+            }
+            // No upper bound: a vote stamped by a clock ahead of this one is still the newest.
+            None => DateTime::now().timestamp_millis(),
+        };
+        // One more than asked tells whether there is a next page.
+        let wanted = query.limit as usize + 1;
+        let mut stored = Vec::new();
+        for lower_ms in lower_bounds(top_ms, self.oldest_ms.get().copied()) {
+            let mut filter = below.clone();
+            if let Some(lower_ms) = lower_ms {
+                let mut range = doc! {"$gte": DateTime::from_millis(lower_ms)};
+                if query.cursor.is_some() {
+                    // Implied by the cursor's `$or`; stated so that the index bounds are plain.
+                    range.insert("$lte", DateTime::from_millis(top_ms));
+                }
+                filter.insert("received_at", range);
+            }
+            stored = self.newest_first(filter, wanted, deadline).await?;
+            if stored.len() == wanted {
+                break;
+            }
         }
-        let limit = i64::from(query.limit);
-        let mut stored: Vec<StoredVote> = self
-            .bounded(async {
-                self.votes
-                    .clone_with_type::<StoredVote>()
-                    .find(filter)
-                    .sort(doc! {"received_at": -1, "_id": -1})
-                    // One more than asked tells whether there is a next page.
-                    .limit(limit + 1)
-                    .max_time(self.timeout)
-                    .await?
-                    .try_collect()
-                    .await
-            })
-            .await?;
         let next_cursor = if stored.len() > query.limit as usize {
             stored.truncate(query.limit as usize);
             stored.last().and_then(StoredVote::cursor).map(|cursor| cursor.encode())
@@ -165,6 +192,64 @@ impl VoteStore {
             None
         };
         Ok(VotePage { votes: stored.into_iter().map(StoredVote::into_view).collect(), next_cursor })
+    }
+
+    /// The first `limit` votes matching `filter`, newest first, within what is left until `deadline`.
+    async fn newest_first(
+        &self,
+        filter: Document,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<Vec<StoredVote>, StoreError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(StoreError::TimedOut(self.timeout));
+        }
+        self.bounded_for(left, self.timeout, async {
+            self.votes
+                .clone_with_type::<StoredVote>()
+                .find(filter)
+                .sort(doc! {"received_at": -1, "_id": -1})
+                .limit(limit as i64)
+                .max_time(left)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+    }
+
+    /// Looks for the oldest vote once (again every few seconds while the log is empty or does not
+    /// answer) and keeps its `received_at` as where a page's window stops widening.
+    pub async fn learn_oldest(self, limit: Duration, stop: CancellationToken) {
+        loop {
+            let oldest = self.bounded_for(limit, limit, async {
+                self.votes
+                    .clone_with_type::<StoredVote>()
+                    .find_one(Document::new())
+                    .sort(doc! {"received_at": 1, "_id": 1})
+                    .max_time(limit)
+                    .await
+            });
+            let found = tokio::select! {
+                () = stop.cancelled() => return,
+                found = oldest => found,
+            };
+            match found {
+                Ok(Some(vote)) => {
+                    let oldest_ms = vote.received_at.timestamp_millis();
+                    tracing::debug!(oldest_ms, "oldest vote found: page windows stop widening there");
+                    self.oldest_ms.get_or_init(|| oldest_ms);
+                    return;
+                }
+                Ok(None) => {}
+                Err(err) => tracing::debug!(error = %err, "cannot look for the oldest vote yet"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(OLDEST_RETRY) => {}
+            }
+        }
     }
 
     pub async fn one(&self, id: &LogId) -> Result<Option<LoggedVote>, StoreError> {
@@ -195,39 +280,29 @@ impl VoteStore {
         Ok(found)
     }
 
-    /// Counts per band, album and route by aggregation, reused for `TALLY_CACHE` per filter.
-    pub async fn tallies(&self, filter: &Filter) -> Result<LogTallies, StoreError> {
-        if let Some((at, tallies)) = self.tallies.lock().expect("tally cache").get(filter)
-            && at.elapsed() < self.tally_ttl
-        {
-            return Ok(tallies.clone());
-        }
-        let tallies = self.count(filter).await?;
-        let mut cache = self.tallies.lock().expect("tally cache");
-        if cache.len() >= TALLY_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(filter.clone(), (Instant::now(), tallies.clone()));
-        Ok(tallies)
-    }
-
-    async fn count(&self, filter: &Filter) -> Result<LogTallies, StoreError> {
+    /// Counts per band, album and route by aggregation over the whole filtered log, each query
+    /// within `limit`. The background refresher ([`crate::tally`]) is its only caller.
+    pub async fn count(&self, filter: &Filter, limit: Duration) -> Result<LogTallies, StoreError> {
         // One accumulator per pipeline: FerretDB 1.x fills only the first accumulator of a
         // `$group` (FerretDB issue 4616), so the counts and the rank sums are read separately.
-        let (votes, rank_sums) =
-            tokio::try_join!(self.group(filter, doc! {"$sum": 1}), self.group(filter, doc! {"$sum": "$rank"}))?;
+        let (votes, rank_sums) = tokio::try_join!(
+            self.group(filter, doc! {"$sum": 1}, limit),
+            self.group(filter, doc! {"$sum": "$rank"}, limit)
+        )?;
         Ok(fold_groups(&votes, &rank_sums))
     }
 
     /// Groups the filtered log by (band, album, route) and computes `value` for each group.
-    async fn group(&self, filter: &Filter, value: Document) -> Result<Vec<Document>, StoreError> {
+    async fn group(&self, filter: &Filter, value: Document, limit: Duration) -> Result<Vec<Document>, StoreError> {
         let pipeline = [
             doc! {"$match": counted_only(filter_document(filter))},
             doc! {"$group": {"_id": {"name": "$name", "album": "$album", "route": "$route"}, "value": value}},
             doc! {"$limit": (MAX_TALLY_GROUPS + 1) as i64},
         ];
         let groups: Vec<Document> = self
-            .bounded(async { self.votes.aggregate(pipeline).max_time(self.timeout).await?.try_collect().await })
+            .bounded_for(limit, limit, async {
+                self.votes.aggregate(pipeline).max_time(limit).await?.try_collect().await
+            })
             .await?;
         if groups.len() > MAX_TALLY_GROUPS {
             return Err(StoreError::TooManyGroups);
@@ -236,11 +311,38 @@ impl VoteStore {
     }
 
     async fn bounded<T>(&self, query: impl Future<Output = mongodb::error::Result<T>>) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, query).await;
-        metrics::histogram!("bandvote_logs_api_query_seconds").record(started.elapsed().as_secs_f64());
-        Ok(result.map_err(|_| StoreError::TimedOut(self.timeout))??)
+        self.bounded_for(self.timeout, self.timeout, query).await
     }
+
+    /// Runs `query` for at most `left`; a timeout is reported as the whole `budget` passing.
+    async fn bounded_for<T>(
+        &self,
+        left: Duration,
+        budget: Duration,
+        query: impl Future<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(left, query).await;
+        metrics::histogram!("bandvote_logs_api_query_seconds").record(started.elapsed().as_secs_f64());
+        Ok(result.map_err(|_| StoreError::TimedOut(budget))??)
+    }
+}
+
+/// The lower bounds (ms) of a page's queries below `top_ms`, narrowest first: windows widening
+/// from [`FIRST_WINDOW`] by [`WINDOW_GROWTH`], and last `None`, a query without one, once a
+/// window reaches `oldest_ms` or passes [`WIDEST_WINDOW`].
+fn lower_bounds(top_ms: i64, oldest_ms: Option<i64>) -> impl Iterator<Item = Option<i64>> {
+    let mut window = Some(FIRST_WINDOW);
+    std::iter::from_fn(move || {
+        let current = window?;
+        let lower_ms = top_ms.saturating_sub(current.as_millis() as i64);
+        if current > WIDEST_WINDOW || oldest_ms.is_some_and(|oldest| lower_ms <= oldest) {
+            window = None;
+            return Some(None);
+        }
+        window = Some(current * WINDOW_GROWTH);
+        Some(Some(lower_ms))
+    })
 }
 
 /// Only the votes that were counted (a refused vote is in the log, not in the tallies).
@@ -327,6 +429,22 @@ mod tests {
     fn timestamps_keep_their_milliseconds() {
         assert_eq!(rfc3339_millis(DateTime::from_millis(1_764_201_600_007)), "2025-11-27T00:00:00.007Z");
         assert_eq!(rfc3339_millis(DateTime::from_millis(0)), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn windows_widen_until_the_oldest_vote_then_drop_the_bound() {
+        let top = 1_764_201_600_000;
+        let lowers: Vec<_> = lower_bounds(top, Some(top - 3_600_000)).collect();
+        let seconds = [10, 40, 160, 640, 2560].map(|s| Some(top - s * 1000));
+        assert_eq!(lowers, [&seconds[..], &[None]].concat(), "10 s × 4ⁿ, then unbounded past an hour");
+        assert_eq!(lower_bounds(top, Some(top)).collect::<Vec<_>>(), [None], "nothing older than the top");
+
+        // Without an oldest vote yet: up to the widest window, then unbounded.
+        let lowers: Vec<_> = lower_bounds(top, None).collect();
+        assert_eq!(lowers.len(), 11);
+        assert_eq!(lowers[9], Some(top - WIDEST_WINDOW.as_millis() as i64));
+        assert_eq!(lowers[10], None);
+        assert_eq!(lower_bounds(5, None).last(), Some(None), "near the epoch too");
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! The logs API against the real local MongoDB-protocol server, fed by the real pipeline: votes go
-//! in through ingest, Kafka and the consumer, and come out of the API.
+//! in through ingest, Kafka and the consumer, and come out of the API. The tests of time ranges
+//! the pipeline cannot produce (votes hours and days old) write the consumer's documents directly,
+//! through its `LogStore`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use bandvote_consumer::log_store::{LogStore, LoggedVote};
+use bandvote_domain::{Ballot, MongoNames, Refused, Route, VoteEvent, VoteId};
 use bandvote_testkit::{Services, VoteLog, read_tallies, unique, vote, wait_for};
 use clap::Parser;
+use futures::TryStreamExt;
+use mongodb::bson::{DateTime, Document, doc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +60,7 @@ impl Stack {
         let consumer = bandvote_consumer::ConsumerService::build(consumer).await.expect("consumer starts");
         tokio::spawn(consumer.run_until_stopped(stop.clone()));
 
-        let api = start_api(&services.mongodb_uri, &database, &stop).await;
+        let api = start_api(&services.mongodb_uri, &database, &stop, &[]).await;
         Stack { services, prefix, database, ingest: ingest_addr, api, stop, client: reqwest::Client::new() }
     }
 
@@ -87,15 +93,20 @@ impl Stack {
     }
 }
 
-async fn start_api(mongodb_uri: &str, database: &str, stop: &CancellationToken) -> SocketAddr {
-    let config = bandvote_logs_api::Config::parse_from([
+/// Starts the logs API on `database`, tallies refreshed every 200 ms unless `extra` says otherwise.
+async fn start_api(mongodb_uri: &str, database: &str, stop: &CancellationToken, extra: &[&str]) -> SocketAddr {
+    let mut args = vec![
         "bandvote-logs-api".to_owned(),
         "--port=0".into(),
         "--query-timeout=2s".into(),
-        "--tally-cache=0s".into(),
         format!("--mongodb-uri={mongodb_uri}"),
         format!("--mongodb-database={database}"),
-    ]);
+    ];
+    if !extra.iter().any(|arg| arg.starts_with("--tally-cache=")) {
+        args.push("--tally-cache=200ms".into());
+    }
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let config = bandvote_logs_api::Config::parse_from(args);
     let api = bandvote_logs_api::LogsApi::build(config).await.expect("the logs API starts");
     let addr = api.addr();
     tokio::spawn(api.run_until_stopped(stop.clone()));
@@ -196,9 +207,13 @@ async fn latest_votes_filters_tallies_and_errors() {
         entry.0 += 1;
         entry.1 += rank.parse::<f64>().unwrap();
     }
-    let (status, tallies) = stack.get("/tallies").await;
-    assert_eq!(status, 200, "{tallies}");
-    assert_eq!(tallies["total"], sent);
+    // Computed in the background: the last votes are in within an interval or two.
+    let tallies = wait_for("the tallies to count every vote", Duration::from_secs(10), || async {
+        let (status, tallies) = stack.get("/tallies").await;
+        if status == 200 && tallies["total"] == sent { Ok(tallies) } else { Err(format!("{status} {tallies}")) }
+    })
+    .await;
+    assert!(tallies["as_of"].as_str().is_some_and(|at| at.ends_with('Z')), "{tallies}");
     let got_bands: BTreeMap<&str, u64> = tallies["bands"]
         .as_array()
         .unwrap()
@@ -310,7 +325,7 @@ async fn health_and_readiness_say_whether_mongodb_answers() {
     let services = Services::local();
     let stop = CancellationToken::new();
     let client = reqwest::Client::new();
-    let up = start_api(&services.mongodb_uri, &unique("ready"), &stop).await;
+    let up = start_api(&services.mongodb_uri, &unique("ready"), &stop, &[]).await;
     assert_eq!(get(&client, up, "/healthz").await, (200, json!({"status": "ok"})));
     assert_eq!(get(&client, up, "/readyz").await, (200, json!({"status": "ready"})));
     let (status, empty) = get(&client, up, "/votes").await;
@@ -318,20 +333,244 @@ async fn health_and_readiness_say_whether_mongodb_answers() {
 
     // Nothing listens on this port: alive, not ready, and queries answer 503 within the timeout.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let down = start_api(&format!("mongodb://{closed}"), "bandvote", &stop).await;
+    let down = start_api(&format!("mongodb://{closed}"), "bandvote", &stop, &["--tally-wait=300ms"]).await;
     assert_eq!(get(&client, down, "/healthz").await.0, 200);
     let (status, body) = get(&client, down, "/readyz").await;
     assert_eq!((status, body["status"].as_str()), (503, Some("unavailable")), "{body}");
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (status, body) = get(&client, down, "/votes").await;
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")), "{body}");
     assert!(started.elapsed() < Duration::from_secs(10), "refused within the query timeout");
     let (status, _) = get(&client, down, "/tallies").await;
     assert_eq!(status, 503);
+    // A filter asked for the first time waits for its first tally only as long as TALLY_WAIT.
+    let started = Instant::now();
+    let (status, body) = get(&client, down, "/tallies?band=Alux%20Nahual").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("tally_pending")), "{body}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "answered within the wait: {:?}", started.elapsed());
+    // Once its computation failed, the failure is the answer, at once.
+    wait_for("the failure to be the answer", Duration::from_secs(10), || async {
+        let (status, body) = get(&client, down, "/tallies?band=Alux%20Nahual").await;
+        if (status, body["error"]["code"].as_str()) == (503, Some("unavailable")) {
+            Ok(())
+        } else {
+            Err(body.to_string())
+        }
+    })
+    .await;
 
     let metrics = client.get(format!("http://{up}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("bandvote_logs_api_query_seconds"), "{metrics}");
     stop.cancel();
+}
+
+/// A database of one test's own, filled directly with the consumer's documents (its `LogStore`,
+/// indexes included) for times the pipeline cannot produce.
+struct SeededLog {
+    uri: String,
+    database: String,
+    store: LogStore,
+    offset: i64,
+}
+
+impl SeededLog {
+    async fn create(name: &str) -> Self {
+        let uri = Services::local().mongodb_uri;
+        let database = format!("t{}", unique(name).replace('-', "_"));
+        let store = LogStore::connect(&uri, &MongoNames::new(&database)).await.expect("the log store connects");
+        store.ensure_indexes().await.expect("the log's indexes");
+        SeededLog { uri, database, store, offset: 0 }
+    }
+
+    /// Logs, for each (vote_id, n, received_at_ms), the `n`-th test vote; every 13th is refused
+    /// when `refusing`.
+    async fn log(&mut self, votes: impl IntoIterator<Item = (String, usize, i64)>, refusing: bool) {
+        let mut logged = Vec::new();
+        for (vote_id, n, received_at_ms) in votes {
+            let (band, album, year, rank) = vote(n);
+            let ballot = Ballot::from_json(&json!({"name": band, "album": album, "year": year, "rank": rank}))
+                .expect("a valid ballot");
+            self.offset += 1;
+            logged.push(LoggedVote {
+                event: VoteEvent {
+                    vote_id: VoteId::parse(&vote_id).expect("a valid vote id"),
+                    ballot,
+                    route: if n % 3 == 0 { Route::Grpc } else { Route::Http },
+                    received_at_ms,
+                },
+                partition: (n % 3) as i32,
+                offset: self.offset,
+                refused: (refusing && n % 13 == 0).then_some(Refused::LimitReached),
+            });
+        }
+        let count = logged.len() as u64;
+        assert_eq!(self.store.insert(&logged).await.expect("the votes are logged"), count);
+    }
+
+    /// The vote ids of `filter`'s votes by the unbounded "newest first" sort, straight from the driver.
+    async fn newest_first(&self, filter: Document) -> Vec<String> {
+        let documents: Vec<Document> = self
+            .store
+            .votes()
+            .find(filter)
+            .sort(doc! {"received_at": -1, "_id": -1})
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("the votes");
+        documents.iter().map(|d| d.get_str("vote_id").expect("a vote_id").to_owned()).collect()
+    }
+
+    async fn drop(self) {
+        VoteLog::open(&self.uri, &self.database).await.drop_database().await;
+    }
+}
+
+fn now_ms() -> i64 {
+    DateTime::now().timestamp_millis()
+}
+
+fn as_of(tallies: &Value) -> i64 {
+    let text = tallies["as_of"].as_str().unwrap_or_else(|| panic!("tallies have an as_of: {tallies}"));
+    DateTime::parse_rfc3339_str(text).unwrap_or_else(|e| panic!("as_of {text:?} is RFC 3339: {e}")).timestamp_millis()
+}
+
+/// Every page of `GET /votes?limit=..&..`, following `next_cursor`; every page but the last is full.
+async fn page_through(client: &reqwest::Client, api: SocketAddr, limit: usize, filter: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page_number in 0.. {
+        assert!(page_number < 1000, "paging ends");
+        let path = match &cursor {
+            Some(cursor) => format!("/votes?limit={limit}{filter}&cursor={cursor}"),
+            None => format!("/votes?limit={limit}{filter}"),
+        };
+        let (status, page) = get(client, api, &path).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        let ids = ids(&page);
+        match page["next_cursor"].as_str() {
+            Some(next) => {
+                assert_eq!(ids.len(), limit, "a page with a next one is full: {path}");
+                cursor = Some(next.to_owned());
+                seen.extend(ids);
+            }
+            None => {
+                assert!(ids.len() <= limit, "{path}");
+                seen.extend(ids);
+                break;
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_through_votes_days_apart_like_an_unbounded_sort() {
+    let mut log = SeededLog::create("logs-spread").await;
+    let (second, minute, hour, day) = (1_000, 60_000, 3_600_000, 86_400_000);
+    let now = now_ms();
+    // Dense, then sparser and sparser: every page reads through more and wider windows, and the
+    // oldest ones lie past the widest window (about 30 days).
+    let mut received: Vec<i64> = (0..30).map(|i| now - i * 97).collect();
+    received.extend([now - 25 * second; 8]); // one instant: a page boundary falls inside it
+    received.extend((0..15).map(|i| now - minute - i * 233 * second));
+    received.extend((0..12).map(|i| now - hour - i * 7_000 * second));
+    received.extend((0..10).map(|i| now - (1 + i) * day));
+    received.extend([now - 2 * day - 1; 4]);
+    received.extend((0..5).map(|i| now - (40 + 40 * i) * day));
+    received.extend([now + 2 * minute; 2]); // stamped by a clock ahead of the API's
+    // Ids in another order than time, so that ties are broken by `_id`, not by insertion.
+    let votes: Vec<(String, usize, i64)> =
+        received.iter().enumerate().map(|(n, at)| (format!("w-{:04}", (n * 37) % 1000), n, *at)).collect();
+    log.log(votes.clone(), true).await;
+
+    let mut by_hand = votes.clone();
+    by_hand.sort_by(|a, b| (b.2, &b.0).cmp(&(a.2, &a.0)));
+    let expected = log.newest_first(doc! {}).await;
+    assert_eq!(expected, by_hand.iter().map(|v| v.0.clone()).collect::<Vec<_>>(), "the driver's sort");
+
+    let stop = CancellationToken::new();
+    let api = start_api(&log.uri, &log.database, &stop, &[]).await;
+    let client = reqwest::Client::new();
+    for limit in [1, 7, 20, 100] {
+        assert_eq!(page_through(&client, api, limit, "").await, expected, "limit={limit}");
+    }
+    for (filter, document) in [
+        ("&band=Alux%20Nahual", doc! {"name": "Alux Nahual"}),
+        ("&route=grpc", doc! {"route": "grpc"}),
+        ("&band=Viernes%20Verde&route=http", doc! {"name": "Viernes Verde", "route": "http"}),
+    ] {
+        let expected = log.newest_first(document).await;
+        assert!(expected.len() > 3, "{filter} matches votes far apart");
+        for limit in [1, 3, 20] {
+            assert_eq!(page_through(&client, api, limit, filter).await, expected, "limit={limit}{filter}");
+        }
+    }
+
+    // A vote older than any the API has seen, logged late, is still read: a page's last query
+    // has no lower bound.
+    log.log([("w-ancient".to_owned(), 1, now - 400 * day), ("w-late".to_owned(), 2, now - 5 * second)], false).await;
+    let expected = log.newest_first(doc! {}).await;
+    assert_eq!(expected.last().map(String::as_str), Some("w-ancient"));
+    assert_eq!(page_through(&client, api, 20, "").await, expected);
+
+    stop.cancel();
+    log.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tallies_are_answered_at_once_and_refreshed_in_the_background() {
+    let mut log = SeededLog::create("logs-tallies").await;
+    let now = now_ms();
+    log.log((0..10).map(|n| (format!("t-{n:04}"), n, now - 1000 * n as i64)), false).await;
+    let stop = CancellationToken::new();
+    let interval = Duration::from_millis(500);
+    let api = start_api(&log.uri, &log.database, &stop, &["--tally-cache=500ms", "--tally-wait=2s"]).await;
+    let client = reqwest::Client::new();
+
+    // The first answer waits for the first computation, then every answer is at once.
+    let (status, first) = get(&client, api, "/tallies").await;
+    assert_eq!((status, &first["total"]), (200, &json!(10)), "{first}");
+    assert!((as_of(&first) - now_ms()).abs() < 10_000, "as of about now: {first}");
+
+    log.log((10..15).map(|n| (format!("t-{n:04}"), n, now_ms())), false).await;
+    let logged = Instant::now();
+    let refreshed = wait_for("the tally to count the new votes", Duration::from_secs(10), || async {
+        let asked = Instant::now();
+        let (status, tallies) = get(&client, api, "/tallies").await;
+        assert!(asked.elapsed() < interval, "answered without waiting for a query: {:?}", asked.elapsed());
+        if status == 200 && tallies["total"] == 15 { Ok(tallies) } else { Err(format!("{status} {tallies}")) }
+    })
+    .await;
+    assert!(logged.elapsed() < 4 * interval, "refreshed within a couple of intervals: {:?}", logged.elapsed());
+    assert!(as_of(&refreshed) > as_of(&first), "{first} then {refreshed}");
+
+    // Many readers at once: all answered from what the refresher computed.
+    let asked = Instant::now();
+    let answers = futures::future::join_all((0..40).map(|_| get(&client, api, "/tallies"))).await;
+    assert!(answers.iter().all(|(status, tallies)| *status == 200 && tallies["total"] == 15));
+    assert!(asked.elapsed() < Duration::from_secs(2), "40 answers in {:?}", asked.elapsed());
+
+    // A filter asked for the first time is answered within TALLY_WAIT, then kept up to date too.
+    let alux = |range: std::ops::Range<usize>| range.filter(|n| vote(*n).0 == "Alux Nahual").count();
+    let asked = Instant::now();
+    let (status, filtered) = get(&client, api, "/tallies?band=Alux%20Nahual").await;
+    assert!(asked.elapsed() < Duration::from_millis(2500), "within the wait: {:?}", asked.elapsed());
+    assert_eq!((status, &filtered["total"]), (200, &json!(alux(0..15))), "{filtered}");
+    log.log((15..30).map(|n| (format!("t-{n:04}"), n, now_ms())), false).await;
+    wait_for("the filtered tally to be refreshed", Duration::from_secs(10), || async {
+        let (status, tallies) = get(&client, api, "/tallies?band=Alux%20Nahual").await;
+        if status == 200 && tallies["total"] == alux(0..30) { Ok(()) } else { Err(format!("{status} {tallies}")) }
+    })
+    .await;
+
+    let metrics = client.get(format!("http://{api}/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in ["bandvote_logs_api_tally_age_seconds", "bandvote_logs_api_tally_refreshes_total"] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
+    stop.cancel();
+    log.drop().await;
 }
 
 /// Checks `value` against a JSON Schema subset (type, enum, required, properties,

@@ -1,0 +1,299 @@
+//! Tallies computed in the background, so that no request waits for an aggregation over the log.
+//!
+//! Each tally has one refresher task that recomputes it every interval (`TALLY_CACHE`): the
+//! unfiltered tally from start-up until shutdown, and a filtered one from the first request that
+//! asks for it until it has not been asked for in [`FILTER_IDLE`] (or longer intervals), or until
+//! [`MAX_TALLY_FILTERS`] other filters were asked for more recently. A request answers at once with
+//! the latest computed tally and the time it is as of; only a filter that has no tally yet makes
+//! it wait, for its first computation, at most `TALLY_WAIT`.
+//!
+//! Invariant: at most one query per tally is in flight, whatever the number of requests: requests
+//! only read what the refreshers wrote.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
+
+use bandvote_domain::LogTallies;
+use mongodb::bson::DateTime;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    query::Filter,
+    store::{StoreError, VoteStore, rfc3339_millis},
+};
+
+/// How many filtered tallies are kept up to date at most; the one asked for least recently is
+/// dropped first. The unfiltered tally is not one of them and is never dropped.
+pub const MAX_TALLY_FILTERS: usize = 16;
+
+/// A filtered tally nobody asked for in this long (or in three intervals, if that is longer)
+/// stops being recomputed.
+pub const FILTER_IDLE: Duration = Duration::from_secs(60);
+
+/// The shortest interval between two computations of one tally (`TALLY_CACHE=0s` means this).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy)]
+pub struct TallySettings {
+    /// How often each tally is recomputed (at least [`MIN_INTERVAL`] apart).
+    pub interval: Duration,
+    /// How long a request waits for a filter's first tally.
+    pub wait: Duration,
+    /// How long one computation may take in MongoDB.
+    pub query_timeout: Duration,
+}
+
+/// The body of `GET /tallies`: the tallies and when the computation they come from started.
+#[derive(Debug, Clone, Serialize)]
+pub struct TallyAnswer {
+    /// RFC 3339 in UTC with milliseconds: every vote logged before then is counted.
+    pub as_of: String,
+    #[serde(flatten)]
+    pub tallies: LogTallies,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TallyError {
+    #[error(
+        "the tallies for this filter are being computed for the first time and took longer than {0:?}; ask again in a moment"
+    )]
+    Pending(Duration),
+    /// The last computation failed and there is no earlier tally to answer with.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+}
+
+/// What a refresher last wrote for its tally.
+#[derive(Debug, Clone, Default)]
+struct Latest {
+    computed: Option<Arc<Computed>>,
+    /// The last computation's error, if it failed.
+    failed: Option<Arc<StoreError>>,
+}
+
+#[derive(Debug)]
+struct Computed {
+    as_of: DateTime,
+    tallies: LogTallies,
+}
+
+/// A filtered tally that is kept up to date.
+struct Tracked {
+    /// Tells this entry from a later one for the same filter.
+    serial: u64,
+    latest: watch::Receiver<Latest>,
+    last_asked: Instant,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Filters {
+    tracked: HashMap<Filter, Tracked>,
+    next_serial: u64,
+}
+
+struct Inner {
+    store: VoteStore,
+    settings: TallySettings,
+    unfiltered: watch::Receiver<Latest>,
+    filters: Mutex<Filters>,
+    stop: CancellationToken,
+}
+
+/// The tallies of one API instance, each kept up to date by its own background task.
+#[derive(Clone)]
+pub struct TallyRefresher {
+    inner: Arc<Inner>,
+}
+
+impl TallyRefresher {
+    /// Starts the unfiltered tally's refresher; every task stops when `stop` is cancelled.
+    pub fn start(store: VoteStore, mut settings: TallySettings, stop: CancellationToken) -> Self {
+        settings.interval = settings.interval.max(MIN_INTERVAL);
+        let (sender, unfiltered) = watch::channel(Latest::default());
+        let inner = Arc::new(Inner { store, settings, unfiltered, filters: Mutex::default(), stop });
+        tokio::spawn(refresh(Arc::downgrade(&inner), Filter::default(), None, sender, inner.stop.clone()));
+        TallyRefresher { inner }
+    }
+
+    /// The latest tally for `filter`, starting its refresher if nobody asked for it recently.
+    pub async fn get(&self, filter: &Filter) -> Result<TallyAnswer, TallyError> {
+        let latest = if *filter == Filter::default() {
+            record_age(&self.inner.unfiltered.borrow());
+            self.inner.unfiltered.clone()
+        } else {
+            self.track(filter)
+        };
+        answer(latest, self.inner.settings.wait).await
+    }
+
+    fn track(&self, filter: &Filter) -> watch::Receiver<Latest> {
+        let mut filters = self.inner.filters.lock().expect("tally filters");
+        if let Some(tracked) = filters.tracked.get_mut(filter) {
+            tracked.last_asked = Instant::now();
+            return tracked.latest.clone();
+        }
+        if filters.tracked.len() >= MAX_TALLY_FILTERS {
+            let oldest = filters.tracked.iter().min_by_key(|(_, t)| t.last_asked).map(|(f, _)| f.clone());
+            if let Some(dropped) = oldest.and_then(|f| filters.tracked.remove(&f)) {
+                dropped.stop.cancel();
+            }
+        }
+        let serial = filters.next_serial;
+        filters.next_serial += 1;
+        let (sender, latest) = watch::channel(Latest::default());
+        let stop = self.inner.stop.child_token();
+        filters.tracked.insert(
+            filter.clone(),
+            Tracked { serial, latest: latest.clone(), last_asked: Instant::now(), stop: stop.clone() },
+        );
+        metrics::gauge!("bandvote_logs_api_tally_filters").set(filters.tracked.len() as f64);
+        tokio::spawn(refresh(Arc::downgrade(&self.inner), filter.clone(), Some(serial), sender, stop));
+        latest
+    }
+
+    /// Whether a filtered tally refresher should stop because nobody asked for its tally lately;
+    /// if so, it is forgotten.
+    fn idle(&self, filter: &Filter, serial: u64) -> bool {
+        let idle = FILTER_IDLE.max(3 * self.inner.settings.interval);
+        let mut filters = self.inner.filters.lock().expect("tally filters");
+        let Some(tracked) = filters.tracked.get(filter).filter(|t| t.serial == serial) else {
+            // Dropped for a filter asked for more recently.
+            return true;
+        };
+        if tracked.last_asked.elapsed() < idle {
+            return false;
+        }
+        filters.tracked.remove(filter);
+        metrics::gauge!("bandvote_logs_api_tally_filters").set(filters.tracked.len() as f64);
+        true
+    }
+}
+
+async fn answer(mut latest: watch::Receiver<Latest>, wait: Duration) -> Result<TallyAnswer, TallyError> {
+    let settled = |latest: &Latest| latest.computed.is_some() || latest.failed.is_some();
+    let waited = tokio::time::timeout(wait, async { latest.wait_for(settled).await.map(|found| found.clone()) }).await;
+    let found = match waited {
+        Ok(Ok(found)) => found,
+        // The refresher is gone (shutdown, or dropped for other filters): what it wrote last.
+        Ok(Err(_)) => latest.borrow().clone(),
+        Err(_) => return Err(TallyError::Pending(wait)),
+    };
+    match (found.computed, found.failed) {
+        (Some(computed), _) => {
+            Ok(TallyAnswer { as_of: rfc3339_millis(computed.as_of), tallies: computed.tallies.clone() })
+        }
+        (None, Some(failed)) => Err(TallyError::Store(failed)),
+        (None, None) => Err(TallyError::Pending(wait)),
+    }
+}
+
+/// The refresher of one tally: computes it, publishes it, waits for the rest of the interval, and
+/// again, until stopped (or, for a filtered tally, until nobody asks for it).
+async fn refresh(
+    inner: Weak<Inner>,
+    filter: Filter,
+    serial: Option<u64>,
+    sender: watch::Sender<Latest>,
+    stop: CancellationToken,
+) {
+    let unfiltered = serial.is_none();
+    loop {
+        let Some(refresher) = inner.upgrade().map(|inner| TallyRefresher { inner }) else { return };
+        if let Some(serial) = serial
+            && refresher.idle(&filter, serial)
+        {
+            return;
+        }
+        let (store, settings) = (refresher.inner.store.clone(), refresher.inner.settings);
+        drop(refresher);
+        let started = Instant::now();
+        let as_of = DateTime::now();
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = store.count(&filter, settings.query_timeout) => result,
+        };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("bandvote_logs_api_tally_refreshes_total", "outcome" => outcome).increment(1);
+        sender.send_modify(|latest| match result {
+            Ok(tallies) => {
+                latest.computed = Some(Arc::new(Computed { as_of, tallies }));
+                latest.failed = None;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, ?filter, "tally refresh failed; answering the previous tally, if any");
+                metrics::counter!("bandvote_logs_api_query_errors_total").increment(1);
+                latest.failed = Some(Arc::new(err));
+            }
+        });
+        if unfiltered {
+            record_age(&sender.borrow());
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until((started + settings.interval).into()) => {}
+        }
+    }
+}
+
+/// Sets the unfiltered tally's age gauge (no tally yet: no value).
+fn record_age(latest: &Latest) {
+    if let Some(computed) = &latest.computed {
+        let age_ms = DateTime::now().timestamp_millis() - computed.as_of.timestamp_millis();
+        metrics::gauge!("bandvote_logs_api_tally_age_seconds").set(age_ms.max(0) as f64 / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tallies(total: u64) -> LogTallies {
+        LogTallies { total, ..LogTallies::default() }
+    }
+
+    #[tokio::test]
+    async fn a_computed_tally_is_answered_with_its_time() {
+        let as_of = DateTime::from_millis(1_764_201_600_007);
+        let latest = Latest { computed: Some(Arc::new(Computed { as_of, tallies: tallies(3) })), failed: None };
+        let (_sender, receiver) = watch::channel(latest);
+        let answer = answer(receiver, Duration::from_millis(10)).await.expect("a tally");
+        assert_eq!((answer.as_of.as_str(), answer.tallies.total), ("2025-11-27T00:00:00.007Z", 3));
+        let json = serde_json::to_value(&answer).unwrap();
+        assert_eq!(json["as_of"], "2025-11-27T00:00:00.007Z");
+        assert_eq!(json["total"], 3, "the tallies' own fields stay at the top level: {json}");
+    }
+
+    #[tokio::test]
+    async fn an_older_tally_is_answered_when_the_last_computation_failed() {
+        let computed = Some(Arc::new(Computed { as_of: DateTime::now(), tallies: tallies(5) }));
+        let (_sender, receiver) =
+            watch::channel(Latest { computed, failed: Some(Arc::new(StoreError::TooManyGroups)) });
+        assert_eq!(answer(receiver, Duration::from_millis(10)).await.expect("the older tally").tallies.total, 5);
+    }
+
+    #[tokio::test]
+    async fn no_tally_yet_waits_for_the_first_then_gives_up() {
+        let (sender, receiver) = watch::channel(Latest::default());
+        let started = Instant::now();
+        let pending = answer(receiver.clone(), Duration::from_millis(50)).await;
+        assert!(matches!(pending, Err(TallyError::Pending(_))), "{pending:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        let waiting = tokio::spawn(answer(receiver.clone(), Duration::from_secs(5)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sender.send_modify(|latest| {
+            latest.computed = Some(Arc::new(Computed { as_of: DateTime::now(), tallies: tallies(7) }))
+        });
+        assert_eq!(waiting.await.unwrap().expect("the first tally").tallies.total, 7);
+
+        let (sender, receiver) = watch::channel(Latest::default());
+        sender.send_modify(|latest| latest.failed = Some(Arc::new(StoreError::TooManyGroups)));
+        assert!(matches!(answer(receiver, Duration::from_secs(5)).await, Err(TallyError::Store(_))));
+    }
+}
