@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -152,6 +153,7 @@ class RedisStart:
     argv: list[str]  # what redis-server was started with
     environ: str  # redis-server's environment
     acl_path: Path  # the ACL file it wrote
+    calls: str  # the arguments of every other program the script ran
 
     @property
     def users(self) -> dict[str, list[str]]:
@@ -175,12 +177,19 @@ def run_redis_script(container: dict, root: Path) -> RedisStart:
     stand_in = record / "redis-server"
     stand_in.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$@" >"{record}/argv"\nenv >"{record}/environ"\n')
     stand_in.chmod(0o755)
+    # Every other program the script may start records its arguments, then runs.
+    for name in ("cat", "cut", "sha256sum", "printf", "echo", "tr", "sed", "awk", "head", "tee"):
+        if real := shutil.which(name):
+            wrapper = record / name
+            wrapper.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$@" >>"{record}/calls"\nexec {real} "$@"\n')
+            wrapper.chmod(0o755)
     env = {"PATH": f"{record}:{os.environ['PATH']}", "HOME": str(root), **passwords}
     run = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
     assert run.returncode == 0, f"the Redis container's script failed:\n{run.stderr}"
     argv = (record / "argv").read_text().splitlines()
     acl_path = Path(argv[argv.index("--aclfile") + 1])
-    return RedisStart(passwords, mounts, argv, (record / "environ").read_text(), acl_path)
+    calls = (record / "calls").read_text() if (record / "calls").exists() else ""
+    return RedisStart(passwords, mounts, argv, (record / "environ").read_text(), acl_path, calls)
 
 
 @pytest.fixture(scope="module")
@@ -374,11 +383,27 @@ def test_no_redis_password_is_an_argument_an_environment_variable_or_in_the_acl_
     text = redis_start.acl_path.read_text()
     for name, password in redis_start.passwords.items():
         assert not any(password in a for a in redis_start.argv), f"{name} is an argument of redis-server"
+        assert password not in redis_start.calls, f"{name} is an argument of a program the script runs"
         assert password not in redis_start.environ, f"{name} is in redis-server's environment"
         assert password not in text and sha256(password) in text, f"{name} is not hashed in the ACL file"
     assert stat.S_IMODE(redis_start.acl_path.stat().st_mode) == 0o600
+    assert redis_start.calls, "the stand-ins recorded none of the script's programs"
     default = redis_start.users["default"]
     assert default == ["on", f"#{sha256(redis_start.passwords['REDIS_PASSWORD'])}", "~*", "&*", "+@all"]
+
+
+def test_a_script_that_leaks_a_password_is_caught(gke, tmp_path):
+    """The same recording catches a password in a program's arguments or left in redis-server's
+    environment."""
+    container = copy.deepcopy(redis_container(gke))
+    script = container["args"][0]
+    assert "unset REDIS_PASSWORD " in script and "printf '%s' \"$1\" |" in script
+    container["args"] = [
+        script.replace("unset REDIS_PASSWORD ", "unset ").replace("printf '%s' \"$1\" |", "head -c0 \"$1\" 2>/dev/null; printf '%s' \"$1\" |")
+    ]
+    leaky = run_redis_script(container, tmp_path)
+    assert leaky.passwords["REDIS_INGEST_PASSWORD"] in leaky.calls
+    assert leaky.passwords["REDIS_PASSWORD"] in leaky.environ
 
 
 def test_every_ingest_route_may_reach_redis_and_redis_admits_it(gke):
