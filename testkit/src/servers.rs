@@ -1,6 +1,7 @@
 //! Private servers a test or the chaos run may stop, kill and restart without touching the shared
-//! local services: a Kafka broker, a Redis with persistence and a FerretDB, each on its own free
-//! loopback ports and data folder, plus a TCP proxy that makes a server slow or stalls it.
+//! local services: a Kafka broker, a Redis with persistence and a FerretDB (or secantus-mdb), each
+//! on its own free loopback ports and data folder, plus a TCP proxy that makes a server slow or
+//! stalls it.
 
 use std::{
     net::SocketAddr,
@@ -26,6 +27,18 @@ pub enum Kind {
     Redis,
     /// FerretDB with the SQLite backend, like the local service.
     Mongo,
+    /// secantus-mdb (`secantusd-rs`: the MongoDB wire protocol over WiredTiger), standalone, with a
+    /// 1 GB cache: the candidate local log store that `dev/bench logs --store secantus` installs
+    /// and measures.
+    Secantus,
+}
+
+/// A program `dev/services` installs in `$BANDVOTE_CACHE/bin`.
+fn cached_program(name: &str) -> PathBuf {
+    let cache = std::env::var("BANDVOTE_CACHE").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/bandvote")
+    });
+    cache.join("bin").join(name)
 }
 
 /// One private server process with its folder; restartable on the same port and data.
@@ -75,7 +88,7 @@ impl PrivateServer {
         match self.kind {
             Kind::Kafka => self.address(),
             Kind::Redis => format!("redis://{}", self.address()),
-            Kind::Mongo => format!("mongodb://{}/", self.address()),
+            Kind::Mongo | Kind::Secantus => format!("mongodb://{}/", self.address()),
         }
     }
 
@@ -95,10 +108,7 @@ impl PrivateServer {
                 command
             }
             Kind::Mongo => {
-                let cache = std::env::var("BANDVOTE_CACHE").map(PathBuf::from).unwrap_or_else(|_| {
-                    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/bandvote")
-                });
-                let mut command = Command::new(cache.join("bin/ferretdb"));
+                let mut command = Command::new(cached_program("ferretdb"));
                 std::fs::create_dir_all(self.dir.join("data")).expect("data folder");
                 command.env("FERRETDB_TELEMETRY", "disable").env("DO_NOT_TRACK", "1").args([
                     format!("--listen-addr=127.0.0.1:{}", self.port),
@@ -110,6 +120,16 @@ impl PrivateServer {
                     "--debug-addr=-".into(),
                     "--log-level=warn".into(),
                 ]);
+                command
+            }
+            Kind::Secantus => {
+                // An empty configuration file: without one it reads ./secantusd.toml or ~/.secantus/.
+                let config = self.dir.join("secantusd.toml");
+                std::fs::write(&config, "").expect("configuration file");
+                let mut command = Command::new(cached_program("secantusd-rs"));
+                command.arg("--config").arg(config).args(["--host", "127.0.0.1", "--port", &self.port.to_string()]);
+                command.args(["--storage-path", &format!("{dir}/data"), "--standalone", "--cache-size", "1G"]);
+                command.args(["--log-level", "WARNING"]);
                 command
             }
         }
@@ -129,7 +149,9 @@ impl PrivateServer {
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("{:?} does not start ({e}); run dev/services install", self.kind));
+            .unwrap_or_else(|e| {
+                panic!("{:?} does not start ({e}); run dev/services install (or install-secantus)", self.kind)
+            });
         self.process = Some(child);
         let deadline = Instant::now() + Duration::from_secs(90);
         while std::net::TcpStream::connect(self.address()).is_err() {
