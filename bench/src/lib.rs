@@ -18,6 +18,7 @@ pub mod capacity;
 pub mod chart;
 pub mod counting;
 pub mod e2e;
+pub mod logs;
 pub mod open_loop;
 pub mod peers;
 pub mod report;

@@ -618,7 +618,7 @@ fn thin(timeline: &[(f64, u64, u64)], every: f64) -> Vec<(f64, u64, u64)> {
     kept
 }
 
-fn now_utc() -> String {
+pub(crate) fn now_utc() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -626,7 +626,7 @@ fn now_utc() -> String {
 }
 
 /// CPU model, cores and memory of this machine.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
