@@ -60,6 +60,23 @@ def test_service_file_is_a_scale_to_zero_knative_service(name):
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
+def test_probes_avoid_reserved_paths_and_the_api_waits_for_mongodb(name):
+    """Cloud Run reserves some URL paths that end in `z` (its known issues advise serving none);
+    the logs API counts as started only once MongoDB answers, within a budget that covers Direct
+    VPC egress connecting a minute or more after an instance starts."""
+    main = container(load(name))
+    for probe in ("startupProbe", "livenessProbe"):
+        path = main[probe]["httpGet"]["path"]
+        assert not path.rstrip("/").endswith("z"), f"{probe} {path}"
+    startup = main["startupProbe"]
+    assert startup["timeoutSeconds"] <= startup["periodSeconds"]
+    if name == "logs-api.yaml":
+        assert startup["httpGet"]["path"] == "/health/ready", "started means MongoDB answers"
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, startup
+        assert startup["timeoutSeconds"] > 3, "longer than the readiness check's own 3 s"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
 def test_service_file_agrees_with_the_binary_and_its_image(name, tmp_path):
     binary_name, dockerfile = SERVICES[name]
     path = binary(binary_name)

@@ -179,6 +179,8 @@ def test_signs_api_requests_with_an_id_token_when_asked(recorder, tmp_path):
     try:
         for _ in range(2):
             assert requests.get(url, timeout=10).status_code == 200
+        # Readiness asks the API too, signed like the pages' calls (a private API refuses others).
+        assert requests.get(f"{url}/health/ready", timeout=10).status_code == 200
     finally:
         _stop(ui)
     token_requests = [(path, headers) for path, headers in seen if path.startswith("/computeMetadata/")]
@@ -187,9 +189,9 @@ def test_signs_api_requests_with_an_id_token_when_asked(recorder, tmp_path):
     path, headers = token_requests[0]
     assert "audience=https%3A%2F%2Fapi.example" in path
     assert headers.get("metadata-flavor") == "Google"
-    # Each page asks for the votes, the tallies and the certified result.
+    # Each page asks for the votes, the tallies and the certified result; readiness for /health/live.
     paths = sorted(path.split("?")[0] for path, _ in api_requests)
-    assert paths == sorted(["/votes", "/tallies", "/result"] * 2), paths
+    assert paths == sorted(["/votes", "/tallies", "/result"] * 2 + ["/health/live"]), paths
     assert all(headers.get("authorization") == "Bearer token-for-test" for _, headers in api_requests)
 
 

@@ -1,5 +1,9 @@
 //! The operational endpoints every service serves: `/healthz` (the process is alive),
 //! `/readyz` (its dependencies answer) and `/metrics` (Prometheus text format).
+//!
+//! `/health/live` and `/health/ready` answer the same as `/healthz` and `/readyz`: Cloud Run
+//! reserves some URL paths that end in `z` and advises against serving any, so the Cloud Run
+//! services' probes and checks use these.
 
 use std::{
     future::Future,
@@ -19,32 +23,33 @@ const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Routes `/healthz`, `/readyz` and `/metrics`, to merge into a service's router.
 pub fn routes<S: Clone + Send + Sync + 'static>(ready: ReadyCheck) -> Router<S> {
-    healthz()
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.clone();
-                async move {
-                    match tokio::time::timeout(READY_TIMEOUT, ready()).await {
-                        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
-                        Ok(Err(reason)) => {
-                            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": reason})))
-                        }
-                        Err(_) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            Json(json!({"status": "unavailable", "reason": "dependency checks timed out"})),
-                        ),
-                    }
+    let readiness = get(move || {
+        let ready = ready.clone();
+        async move {
+            match tokio::time::timeout(READY_TIMEOUT, ready()).await {
+                Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+                Ok(Err(reason)) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": reason})))
                 }
-            }),
-        )
+                Err(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"status": "unavailable", "reason": "dependency checks timed out"})),
+                ),
+            }
+        }
+    });
+    healthz()
+        .route("/readyz", readiness.clone())
+        .route("/health/ready", readiness)
         .route("/metrics", get(|| async { crate::telemetry::metrics().render().into_response() }))
 }
 
-/// Routes `/healthz` alone: `{"status":"ok"}` while the process runs, touching no dependency, so
-/// that it costs nothing wherever it is served (a load balancer's health check on a public port).
+/// Routes `/healthz` (and `/health/live`) alone: `{"status":"ok"}` while the process runs,
+/// touching no dependency, so that it costs nothing wherever it is served (a load balancer's
+/// health check on a public port).
 pub fn healthz<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+    let alive = get(|| async { Json(json!({"status": "ok"})) });
+    Router::new().route("/healthz", alive.clone()).route("/health/live", alive)
 }
 
 /// A check that asks the dependencies at most once per `fresh`: within that time after a check
@@ -100,5 +105,31 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(check().await.is_err());
         assert_eq!(asked.load(Ordering::SeqCst), 2, "a stale answer is checked again");
+    }
+
+    #[tokio::test]
+    async fn the_paths_cloud_run_can_serve_answer_as_the_usual_ones() {
+        let failing: ReadyCheck = Arc::new(|| Box::pin(async { Err("MongoDB does not answer".to_owned()) }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("an address");
+        let server = tokio::spawn(async move { axum::serve(listener, routes::<()>(failing)).await });
+        let get = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut stream = tokio::net::TcpStream::connect(address).await.expect("a connection");
+            let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.expect("sent");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.expect("an answer");
+            answer
+        };
+        for (usual, for_cloud_run) in [("/healthz", "/health/live"), ("/readyz", "/health/ready")] {
+            let (usual, other) = (get(usual).await, get(for_cloud_run).await);
+            assert_eq!(usual.lines().next(), other.lines().next(), "{for_cloud_run}: {other}");
+            assert_eq!(usual.rsplit("\r\n\r\n").next(), other.rsplit("\r\n\r\n").next(), "{for_cloud_run}");
+        }
+        let ready = get("/health/ready").await;
+        assert!(ready.starts_with("HTTP/1.1 503") && ready.contains("MongoDB does not answer"), "{ready}");
+        assert!(get("/health/live").await.starts_with("HTTP/1.1 200"));
+        server.abort();
     }
 }
