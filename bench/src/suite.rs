@@ -146,7 +146,9 @@ impl Plan {
                 peer_records: 5_000,
                 insert_documents: 2_000,
                 redis_requests: 20_000,
-                e2e_step: secs(1),
+                // Two seconds: a one-second step is judged on a few hundred requests, and a
+                // scheduler hiccup on a busy test machine then fails the 99% rule.
+                e2e_step: secs(2),
                 e2e_start: 400.0,
                 e2e_max_steps: 3,
                 e2e_bound: Duration::from_millis(500),
@@ -938,7 +940,8 @@ impl Suite<'_> {
             rate = (rate * 1.4).round();
         }
         report.e2e_capacity = capacity;
-        let capacity = capacity.context("the pipeline did not hold the first end-to-end step")?;
+        let capacity = capacity
+            .with_context(|| format!("the pipeline did not hold the first end-to-end step: {:?}", report.e2e.last()))?;
         for fraction in [0.25, 0.5, 0.75] {
             let label = format!("{:.0}%", fraction * 100.0);
             let step = self.e2e_step(capacity * fraction, self.plan.e2e_step, &label, &mut samples).await?;

@@ -5,3 +5,8 @@
 mod logs;
 mod open_loop;
 mod suite;
+
+/// Held by the tests that run whole private stacks under load (the suite's smoke profile, the
+/// read-latency benchmark), so that they do not share the machine's cores with each other: what
+/// they measure is judged.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -7,6 +7,7 @@ use bandvote_bench::logs::{LogsConfig, Query, Store, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_latency_bench_measures_every_query_at_each_checkpoint() {
+    let _alone = crate::HEAVY.lock().await;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
         .args(["build", "--quiet", "-p", "bandvote-logs-api"])

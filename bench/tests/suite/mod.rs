@@ -11,6 +11,7 @@ fn build_binaries() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_smoke_profile_measures_every_phase_and_counts_exactly() {
+    let _alone = crate::HEAVY.lock().await;
     let bin_dir = build_binaries();
     let out = std::env::temp_dir().join(format!("bandvote-bench-smoke-{}", std::process::id()));
     // dev/test sets BANDVOTE_LOCUST to the Locust of its venv.
