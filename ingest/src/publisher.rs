@@ -119,20 +119,7 @@ impl Publisher {
 
     /// Whether Kafka answers a metadata request for the votes topic right now.
     pub async fn check(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
-        let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            let metadata = producer
-                .client()
-                .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(2)))
-                .map_err(|err| format!("kafka: {err}"))?;
-            match metadata.topics().first() {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-                _ => Err(format!("kafka: topic {topic:?} is not available")),
-            }
-        })
-        .await
-        .map_err(|err| format!("kafka check failed: {err}"))?
+        self.partitions().await.map(drop)
     }
 
     /// The votes topic.

@@ -64,7 +64,6 @@ pub enum Standing {
 pub struct Standings {
     redis: ConnectionManager,
     keys: RedisKeys,
-    topic: String,
     window: ResendWindow,
     contest: Arc<Contest>,
     script: Script,
@@ -89,7 +88,6 @@ impl Standings {
         Ok(Standings {
             redis,
             keys,
-            topic: publisher.topic().to_owned(),
             window: ResendWindow::new(i64::try_from(window.as_millis()).unwrap_or(i64::MAX)),
             contest,
             script: Script::new(CHECK_PARTITION),
@@ -117,9 +115,9 @@ impl Standings {
         let generations = self.window.lookups(self.window.generation_of(now));
         let checks = by_partition.iter().map(|(&partition, indexes)| {
             let mut invocation = self.script.prepare_invoke();
-            invocation.key(self.keys.voters(&self.topic, partition));
+            invocation.key(self.keys.voters(self.publisher.topic(), partition));
             for generation in generations.clone() {
-                invocation.key(self.keys.resend(&self.topic, partition, generation));
+                invocation.key(self.keys.resend(self.publisher.topic(), partition, generation));
             }
             invocation.arg(indexes.len());
             for &index in indexes {
