@@ -58,7 +58,7 @@ pub struct Config {
     /// the API answers 503 `tally_pending`.
     #[arg(long = "tally-wait", env = "TALLY_WAIT", default_value = "1s", value_parser = parse_duration)]
     pub tally_wait: Duration,
-    /// Longest a background query (a tally, the oldest vote) may take in MongoDB.
+    /// Longest a background query (a tally, the log's oldest and newest vote) may take in MongoDB.
     #[arg(long = "background-query-timeout", env = "BACKGROUND_QUERY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub background_query_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -99,10 +99,10 @@ impl LogsApi {
         let LogsApi { config, store, listener } = self;
         let addr = listener.local_addr()?;
         // The background work ends with the server: the tallies' refreshers and the one look for
-        // the oldest vote.
+        // the log's ends.
         let background = shutdown.child_token();
         let _stop_background = background.clone().drop_guard();
-        tokio::spawn(store.clone().learn_oldest(config.background_query_timeout, background.clone()));
+        tokio::spawn(store.clone().learn_ends(config.background_query_timeout, background.clone()));
         let settings = TallySettings {
             interval: config.tally_interval,
             wait: config.tally_wait,

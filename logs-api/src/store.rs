@@ -2,16 +2,23 @@
 //! query carries a server-side time limit and a client-side timeout, and tallies group by at most
 //! [`MAX_TALLY_GROUPS`] (band, album, route) triples.
 //!
-//! A page is read as a bounded range scan on the `newest_first` index (or the filter's own index):
-//! the votes received in a window below the page's top (now, or the cursor), newest first, widened
-//! [`WINDOW_GROWTH`] times at a time from [`FIRST_WINDOW`] until the page is full. Once the window
-//! reaches the oldest vote the instance has seen (or [`WIDEST_WINDOW`]), the last query has no lower
-//! bound, which is the query of an unwindowed page: a page is always exactly the first `limit`
-//! votes of the unbounded "newest first" order below its top.
+//! A page is read as a walk down the `newest_first` index (or the filter's own index) in
+//! contiguous slabs of `received_at`, newest first, each query asking only for the votes the page
+//! still lacks: the first slab is about as wide as the last full page spanned (the log's recent
+//! rate), each next one [`SLAB_GROWTH`] times wider, and a slab below an empty one starts at the
+//! newest vote the instance knows of (after a pause in voting, the walk does not cross the empty
+//! hours in ever wider steps and then land in the busy ones with a slab of hours). Once a slab
+//! reaches the oldest vote the instance has seen (or the walk passes [`WIDEST_REACH`]), the last
+//! query has no lower bound: a page is always exactly the first `limit` votes of the unbounded
+//! "newest first" order below its top. What a slab costs grows with the votes in it, not with
+//! its width, on every server measured (docs/LOGS.md), so the walk keeps slabs to about a page.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicI64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -35,18 +42,26 @@ use crate::query::{Cursor, Filter, LogQuery};
 /// growing without bound.
 pub const MAX_TALLY_GROUPS: usize = 10_000;
 
-/// The first window a page reads: the votes received in the 10 s below its top.
-pub const FIRST_WINDOW: Duration = Duration::from_secs(10);
+/// The first slab's width while the instance has not yet read a full latest page.
+pub const FIRST_SLAB: Duration = Duration::from_millis(100);
 
-/// How much wider each next window is than the one before.
-pub const WINDOW_GROWTH: u32 = 4;
+/// The bounds of a first slab sized from the last full page: about two pages at the rate it
+/// showed, never narrower or wider than these.
+pub const FIRST_SLAB_MIN: Duration = Duration::from_millis(10);
+pub const FIRST_SLAB_MAX: Duration = Duration::from_secs(10);
 
-/// The widest window with a lower bound (10 s × 4⁹, about 30 days); past it, the page's last
-/// query has none.
-pub const WIDEST_WINDOW: Duration = Duration::from_secs(10 * 4u64.pow(9));
+/// How much wider each next slab is than the one before.
+pub const SLAB_GROWTH: i64 = 4;
 
-/// How often the oldest vote is looked for again while the log is empty or does not answer.
-const OLDEST_RETRY: Duration = Duration::from_secs(5);
+/// How far below its top a walk reads in slabs (30 days); past it, the page's last query has no
+/// lower bound.
+pub const WIDEST_REACH: Duration = Duration::from_secs(30 * 86_400);
+
+/// Not known yet (for the instance's newest vote and first slab).
+const UNKNOWN: i64 = i64::MIN;
+
+/// How often the log's ends are looked for again while it is empty or does not answer.
+const ENDS_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -121,10 +136,58 @@ pub struct VoteStore {
     votes: Collection<Document>,
     results: Collection<Document>,
     timeout: Duration,
-    /// The `received_at` (ms) of the oldest vote when it was first looked for: where widening a
-    /// page's window stops. Only a hint: a vote logged later with an older `received_at` is still
-    /// read, by the page's last query, which has no lower bound.
-    oldest_ms: Arc<OnceLock<i64>>,
+    /// What the instance knows of the log, for sizing a page's slabs: each is only a hint (a
+    /// wrong one costs time, never a vote), see [`LogShape`].
+    shape: Arc<LogShape>,
+}
+
+/// What a page's walk is shaped by. None of it decides what a page holds, only how many votes
+/// its queries read on the way.
+#[derive(Debug)]
+struct LogShape {
+    /// The `received_at` (ms) of the oldest vote when it was first looked for: where the walk
+    /// stops. A vote logged later with an older `received_at` is still read, by the page's last
+    /// query, which has no lower bound.
+    oldest_ms: OnceLock<i64>,
+    /// The newest `received_at` (ms) any latest page (or the start-up look) has read: where a
+    /// slab below an empty one starts.
+    newest_ms: AtomicI64,
+    /// Two spans of the last full latest page (ms): the first slab's width.
+    first_slab_ms: AtomicI64,
+}
+
+impl Default for LogShape {
+    fn default() -> Self {
+        LogShape {
+            oldest_ms: OnceLock::new(),
+            newest_ms: AtomicI64::new(UNKNOWN),
+            first_slab_ms: AtomicI64::new(UNKNOWN),
+        }
+    }
+}
+
+impl LogShape {
+    fn known(value: &AtomicI64) -> Option<i64> {
+        Some(value.load(Ordering::Relaxed)).filter(|v| *v != UNKNOWN)
+    }
+
+    fn walk(&self, top: Top) -> SlabWalk {
+        let first = Self::known(&self.first_slab_ms).unwrap_or(FIRST_SLAB.as_millis() as i64);
+        SlabWalk::new(top, first, self.oldest_ms.get().copied(), Self::known(&self.newest_ms))
+    }
+
+    /// Learns from a latest page (no cursor) that read `wanted` votes or fewer: its newest vote,
+    /// and, when it was full and unfiltered, the rate it shows.
+    fn learn(&self, page: &[StoredVote], wanted: usize, unfiltered: bool) {
+        let (Some(newest), Some(oldest)) = (page.first(), page.last()) else { return };
+        let newest_ms = newest.received_at.timestamp_millis();
+        self.newest_ms.fetch_max(newest_ms, Ordering::Relaxed);
+        if unfiltered && page.len() == wanted {
+            let span = 2 * (newest_ms - oldest.received_at.timestamp_millis());
+            let (min, max) = (FIRST_SLAB_MIN.as_millis() as i64, FIRST_SLAB_MAX.as_millis() as i64);
+            self.first_slab_ms.store(span.clamp(min, max), Ordering::Relaxed);
+        }
+    }
 }
 
 impl VoteStore {
@@ -137,7 +200,7 @@ impl VoteStore {
         let client = Client::with_options(options)?;
         let votes = client.database(&names.database).collection(&names.collection);
         let results = client.database(&names.database).collection(MongoNames::RESULTS);
-        Ok(VoteStore { client, votes, results, timeout, oldest_ms: Arc::default() })
+        Ok(VoteStore { client, votes, results, timeout, shape: Arc::default() })
     }
 
     pub async fn ping(&self) -> Result<(), String> {
@@ -147,43 +210,42 @@ impl VoteStore {
     }
 
     /// A page of votes, newest first, starting strictly after `query.cursor`: the first
-    /// `query.limit` votes of the unbounded order, read through windows that widen until the page
-    /// is full (see the module docs).
+    /// `query.limit` votes of the unbounded order, read in slabs down the index until the page is
+    /// full (see the module docs).
     pub async fn page(&self, query: &LogQuery) -> Result<VotePage, StoreError> {
         let deadline = Instant::now() + self.timeout;
-        let mut below = filter_document(&query.filter);
-        let top_ms = match &query.cursor {
-            Some(cursor) => {
-                let at = DateTime::from_millis(cursor.received_at_ms);
-                below.insert(
-                    "$or",
-                    vec![
-                        doc! {"received_at": {"$lt": at}},
-                        doc! {"received_at": at, "_id": {"$lt": cursor.id.as_str()}},
-                    ],
-                );
-                cursor.received_at_ms
-            }
-            // No upper bound: a vote stamped by a clock ahead of this one is still the newest.
-            None => DateTime::now().timestamp_millis(),
-        };
+        let filter = filter_document(&query.filter);
         // One more than asked tells whether there is a next page.
         let wanted = query.limit as usize + 1;
         let mut stored = Vec::new();
-        for lower_ms in lower_bounds(top_ms, self.oldest_ms.get().copied()) {
-            let mut filter = below.clone();
-            if let Some(lower_ms) = lower_ms {
-                let mut range = doc! {"$gte": DateTime::from_millis(lower_ms)};
-                if query.cursor.is_some() {
-                    // Implied by the cursor's `$or`; stated so that the index bounds are plain.
-                    range.insert("$lte", DateTime::from_millis(top_ms));
-                }
-                filter.insert("received_at", range);
+        let top = match &query.cursor {
+            Some(cursor) => {
+                // The cursor's own millisecond first (its later ids are on an earlier page), then
+                // everything strictly older: two plain ranges on the index, never an `$or`.
+                let at = DateTime::from_millis(cursor.received_at_ms);
+                let mut same_instant = filter.clone();
+                same_instant.insert("received_at", at);
+                same_instant.insert("_id", doc! {"$lt": cursor.id.as_str()});
+                stored = self.newest_first(same_instant, wanted, deadline).await?;
+                Top::Below(cursor.received_at_ms)
             }
-            stored = self.newest_first(filter, wanted, deadline).await?;
-            if stored.len() == wanted {
-                break;
+            None => Top::Now(DateTime::now().timestamp_millis()),
+        };
+        let mut walk = self.shape.walk(top);
+        let mut last_found = None;
+        while stored.len() < wanted {
+            let Some(slab) = walk.next(last_found) else { break };
+            let mut within = filter.clone();
+            if let Some(range) = slab.range() {
+                within.insert("received_at", range);
             }
+            let found = self.newest_first(within, wanted - stored.len(), deadline).await?;
+            metrics::counter!("bandvote_logs_api_page_slabs_total").increment(1);
+            last_found = Some(found.len());
+            stored.extend(found);
+        }
+        if query.cursor.is_none() {
+            self.shape.learn(&stored, wanted, query.filter == Filter::default());
         }
         let next_cursor = if stored.len() > query.limit as usize {
             stored.truncate(query.limit as usize);
@@ -219,37 +281,45 @@ impl VoteStore {
         .await
     }
 
-    /// Looks for the oldest vote once (again every few seconds while the log is empty or does not
-    /// answer) and keeps its `received_at` as where a page's window stops widening.
-    pub async fn learn_oldest(self, limit: Duration, stop: CancellationToken) {
+    /// Looks for the oldest and the newest vote once (again every few seconds while the log is
+    /// empty or does not answer): where a page's walk stops, and where a slab below an empty one
+    /// starts until a latest page has read a newer vote.
+    pub async fn learn_ends(self, limit: Duration, stop: CancellationToken) {
         loop {
-            let oldest = self.bounded_for(limit, limit, async {
-                self.votes
-                    .clone_with_type::<StoredVote>()
-                    .find_one(Document::new())
-                    .sort(doc! {"received_at": 1, "_id": 1})
-                    .max_time(limit)
-                    .await
-            });
             let found = tokio::select! {
                 () = stop.cancelled() => return,
-                found = oldest => found,
+                found = async { Ok::<_, StoreError>((self.end(1, limit).await?, self.end(-1, limit).await?)) } => found,
             };
             match found {
-                Ok(Some(vote)) => {
-                    let oldest_ms = vote.received_at.timestamp_millis();
-                    tracing::debug!(oldest_ms, "oldest vote found: page windows stop widening there");
-                    self.oldest_ms.get_or_init(|| oldest_ms);
+                Ok((Some(oldest), Some(newest))) => {
+                    let oldest_ms = oldest.received_at.timestamp_millis();
+                    let newest_ms = newest.received_at.timestamp_millis();
+                    tracing::debug!(oldest_ms, newest_ms, "the log's ends found: pages' walks are shaped by them");
+                    self.shape.oldest_ms.get_or_init(|| oldest_ms);
+                    self.shape.newest_ms.fetch_max(newest_ms, Ordering::Relaxed);
                     return;
                 }
-                Ok(None) => {}
-                Err(err) => tracing::debug!(error = %err, "cannot look for the oldest vote yet"),
+                Ok(_) => {}
+                Err(err) => tracing::debug!(error = %err, "cannot look for the log's ends yet"),
             }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(OLDEST_RETRY) => {}
+                () = tokio::time::sleep(ENDS_RETRY) => {}
             }
         }
+    }
+
+    /// The oldest vote (`order` 1) or the newest (-1).
+    async fn end(&self, order: i32, limit: Duration) -> Result<Option<StoredVote>, StoreError> {
+        self.bounded_for(limit, limit, async {
+            self.votes
+                .clone_with_type::<StoredVote>()
+                .find_one(Document::new())
+                .sort(doc! {"received_at": order, "_id": order})
+                .max_time(limit)
+                .await
+        })
+        .await
     }
 
     pub async fn one(&self, id: &LogId) -> Result<Option<LoggedVote>, StoreError> {
@@ -280,16 +350,16 @@ impl VoteStore {
         Ok(found)
     }
 
-    /// Counts per band, album and route by aggregation over the whole filtered log, each query
+    /// Counts per (band, album, route) by aggregation over the whole filtered log, each query
     /// within `limit`. The background refresher ([`crate::tally`]) is its only caller.
-    pub async fn count(&self, filter: &Filter, limit: Duration) -> Result<LogTallies, StoreError> {
+    pub async fn count(&self, filter: &Filter, limit: Duration) -> Result<Vec<TallyGroup>, StoreError> {
         // One accumulator per pipeline: FerretDB 1.x fills only the first accumulator of a
         // `$group` (FerretDB issue 4616), so the counts and the rank sums are read separately.
         let (votes, rank_sums) = tokio::try_join!(
             self.group(filter, doc! {"$sum": 1}, limit),
             self.group(filter, doc! {"$sum": "$rank"}, limit)
         )?;
-        Ok(fold_groups(&votes, &rank_sums))
+        Ok(tally_groups(&votes, &rank_sums))
     }
 
     /// Groups the filtered log by (band, album, route) and computes `value` for each group.
@@ -328,21 +398,88 @@ impl VoteStore {
     }
 }
 
-/// The lower bounds (ms) of a page's queries below `top_ms`, narrowest first: windows widening
-/// from [`FIRST_WINDOW`] by [`WINDOW_GROWTH`], and last `None`, a query without one, once a
-/// window reaches `oldest_ms` or passes [`WIDEST_WINDOW`].
-fn lower_bounds(top_ms: i64, oldest_ms: Option<i64>) -> impl Iterator<Item = Option<i64>> {
-    let mut window = Some(FIRST_WINDOW);
-    std::iter::from_fn(move || {
-        let current = window?;
-        let lower_ms = top_ms.saturating_sub(current.as_millis() as i64);
-        if current > WIDEST_WINDOW || oldest_ms.is_some_and(|oldest| lower_ms <= oldest) {
-            window = None;
-            return Some(None);
+/// Where a page's walk starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Top {
+    /// A latest page, read at this time: its first slab has no upper bound (a vote stamped by a
+    /// clock ahead of this one is still the newest).
+    Now(i64),
+    /// A cursor page: the votes strictly older than this `received_at`.
+    Below(i64),
+}
+
+/// One query of a walk: the votes received in `[lower_ms, upper_ms)`, either end open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slab {
+    lower_ms: Option<i64>,
+    upper_ms: Option<i64>,
+}
+
+impl Slab {
+    fn range(&self) -> Option<Document> {
+        let mut range = Document::new();
+        if let Some(lower) = self.lower_ms {
+            range.insert("$gte", DateTime::from_millis(lower));
         }
-        window = Some(current * WINDOW_GROWTH);
-        Some(Some(lower_ms))
-    })
+        if let Some(upper) = self.upper_ms {
+            range.insert("$lt", DateTime::from_millis(upper));
+        }
+        (!range.is_empty()).then_some(range)
+    }
+}
+
+/// The slabs of one page, newest first: contiguous (each one's upper bound is the last one's
+/// lower bound), so that together they are the unbounded order below the top, however they are
+/// sized.
+#[derive(Debug)]
+struct SlabWalk {
+    top: Top,
+    /// The next slab's upper bound; `None` before the first slab.
+    upper_ms: Option<i64>,
+    first_ms: i64,
+    width_ms: i64,
+    oldest_ms: Option<i64>,
+    newest_ms: Option<i64>,
+    finished: bool,
+}
+
+impl SlabWalk {
+    fn new(top: Top, first_ms: i64, oldest_ms: Option<i64>, newest_ms: Option<i64>) -> Self {
+        let first_ms = first_ms.max(1);
+        SlabWalk { top, upper_ms: None, first_ms, width_ms: first_ms, oldest_ms, newest_ms, finished: false }
+    }
+
+    /// The next slab, given how many votes the last one held (`None` before the first); `None`
+    /// once a slab without a lower bound was read.
+    fn next(&mut self, last_found: Option<usize>) -> Option<Slab> {
+        if self.finished {
+            return None;
+        }
+        let (top_ms, upper) = match (self.top, self.upper_ms) {
+            (Top::Now(now), None) => (now, None),
+            (Top::Below(below), None) => (below, Some(below)),
+            (Top::Now(top) | Top::Below(top), Some(upper)) => (top, Some(upper)),
+        };
+        let from = upper.unwrap_or(top_ms);
+        let mut lower = from.saturating_sub(self.width_ms);
+        match (last_found, self.newest_ms) {
+            // Nothing in the last slab and the newest vote known lies further down: the walk
+            // goes straight to it instead of widening across the gap.
+            (Some(0), Some(newest)) if newest < lower => {
+                lower = newest.saturating_sub(self.first_ms);
+                self.width_ms = self.first_ms;
+            }
+            _ => {}
+        }
+        self.width_ms = self.width_ms.saturating_mul(SLAB_GROWTH);
+        let reach_ms = WIDEST_REACH.as_millis() as i64;
+        if top_ms.saturating_sub(lower) > reach_ms || self.oldest_ms.is_some_and(|oldest| lower <= oldest) {
+            self.finished = true;
+            return Some(Slab { lower_ms: None, upper_ms: upper });
+        }
+        self.upper_ms = Some(lower);
+        Some(Slab { lower_ms: Some(lower), upper_ms: upper })
+    }
 }
 
 /// Only the votes that were counted (a refused vote is in the log, not in the tallies).
@@ -375,39 +512,72 @@ fn number(value: Option<&Bson>) -> f64 {
     }
 }
 
-/// Sums the (band, album, route) groups' counts and rank sums into the per-band, per-album and
-/// per-route tallies.
-fn fold_groups(votes: &[Document], rank_sums: &[Document]) -> LogTallies {
+/// The counted votes of one (band, album, route): what every tally is folded from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TallyGroup {
+    pub name: String,
+    pub album: String,
+    /// As logged; a route this build does not know is counted in the total and the bands only.
+    pub route: String,
+    pub votes: u64,
+    pub rank_sum: f64,
+}
+
+impl TallyGroup {
+    /// Whether `filter` selects this group's votes, as the same filter would in MongoDB.
+    fn matches(&self, filter: &Filter) -> bool {
+        filter.band.as_ref().is_none_or(|band| *band == self.name)
+            && filter.album.as_ref().is_none_or(|album| *album == self.album)
+            && filter.route.is_none_or(|route| route.as_str() == self.route)
+    }
+}
+
+/// Joins the groups' counts and rank sums (two pipelines) into groups.
+fn tally_groups(votes: &[Document], rank_sums: &[Document]) -> Vec<TallyGroup> {
     let rank_sums: HashMap<String, f64> = rank_sums
         .iter()
         .filter_map(|group| Some((group.get_document("_id").ok()?.to_string(), number(group.get("value")))))
         .collect();
-    let mut bands: BTreeMap<String, u64> = BTreeMap::new();
-    let mut albums: BTreeMap<(String, String), (u64, f64)> = BTreeMap::new();
+    votes
+        .iter()
+        .filter_map(|group| {
+            let key = group.get_document("_id").ok()?;
+            let text = |field: &str| key.get_str(field).unwrap_or_default().to_owned();
+            Some(TallyGroup {
+                name: text("name"),
+                album: text("album"),
+                route: text("route"),
+                votes: number(group.get("value")) as u64,
+                rank_sum: rank_sums.get(&key.to_string()).copied().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Sums the groups `filter` selects into the per-band, per-album and per-route tallies.
+pub fn fold_groups(groups: &[TallyGroup], filter: &Filter) -> LogTallies {
+    let mut bands: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut albums: BTreeMap<(&str, &str), (u64, f64)> = BTreeMap::new();
     let mut routes: BTreeMap<Route, u64> = BTreeMap::new();
     let mut total = 0;
-    for group in votes {
-        let Ok(key) = group.get_document("_id") else { continue };
-        let text = |field: &str| key.get_str(field).unwrap_or_default().to_owned();
-        let count = number(group.get("value")) as u64;
-        let (name, album) = (text("name"), text("album"));
-        total += count;
-        *bands.entry(name.clone()).or_default() += count;
-        let entry = albums.entry((name, album)).or_default();
-        entry.0 += count;
-        entry.1 += rank_sums.get(&key.to_string()).copied().unwrap_or_default();
-        if let Some(route) = Route::ALL.into_iter().find(|r| r.as_str() == text("route")) {
-            *routes.entry(route).or_default() += count;
+    for group in groups.iter().filter(|group| group.matches(filter)) {
+        total += group.votes;
+        *bands.entry(&group.name).or_default() += group.votes;
+        let entry = albums.entry((&group.name, &group.album)).or_default();
+        entry.0 += group.votes;
+        entry.1 += group.rank_sum;
+        if let Some(route) = Route::ALL.into_iter().find(|r| r.as_str() == group.route) {
+            *routes.entry(route).or_default() += group.votes;
         }
     }
     let mut tallies = LogTallies {
         total,
-        bands: bands.into_iter().map(|(name, votes)| BandTally { name, votes }).collect(),
+        bands: bands.into_iter().map(|(name, votes)| BandTally { name: name.to_owned(), votes }).collect(),
         albums: albums
             .into_iter()
             .map(|((name, album), (votes, rank_sum))| AlbumTally {
-                name,
-                album,
+                name: name.to_owned(),
+                album: album.to_owned(),
                 votes,
                 rank_avg: if votes == 0 { 0.0 } else { rank_sum / votes as f64 },
             })
@@ -431,20 +601,97 @@ mod tests {
         assert_eq!(rfc3339_millis(DateTime::from_millis(0)), "1970-01-01T00:00:00.000Z");
     }
 
-    #[test]
-    fn windows_widen_until_the_oldest_vote_then_drop_the_bound() {
-        let top = 1_764_201_600_000;
-        let lowers: Vec<_> = lower_bounds(top, Some(top - 3_600_000)).collect();
-        let seconds = [10, 40, 160, 640, 2560].map(|s| Some(top - s * 1000));
-        assert_eq!(lowers, [&seconds[..], &[None]].concat(), "10 s × 4ⁿ, then unbounded past an hour");
-        assert_eq!(lower_bounds(top, Some(top)).collect::<Vec<_>>(), [None], "nothing older than the top");
+    /// The slabs of a walk when every slab holds `found` votes.
+    fn slabs(mut walk: SlabWalk, found: impl Fn(&Slab) -> usize) -> Vec<Slab> {
+        let mut slabs = Vec::new();
+        let mut last = None;
+        while let Some(slab) = walk.next(last) {
+            assert!(slabs.len() < 100, "the walk ends: {slabs:?}");
+            last = Some(found(&slab));
+            slabs.push(slab);
+        }
+        slabs
+    }
 
-        // Without an oldest vote yet: up to the widest window, then unbounded.
-        let lowers: Vec<_> = lower_bounds(top, None).collect();
-        assert_eq!(lowers.len(), 11);
-        assert_eq!(lowers[9], Some(top - WIDEST_WINDOW.as_millis() as i64));
-        assert_eq!(lowers[10], None);
-        assert_eq!(lower_bounds(5, None).last(), Some(None), "near the epoch too");
+    fn contiguous(slabs: &[Slab], top: Option<i64>) {
+        assert_eq!(slabs[0].upper_ms, top, "the first slab starts at the top");
+        for pair in slabs.windows(2) {
+            assert_eq!(pair[1].upper_ms, pair[0].lower_ms, "no gap and no overlap: {slabs:?}");
+        }
+        assert_eq!(slabs.last().unwrap().lower_ms, None, "the last slab has no lower bound");
+    }
+
+    #[test]
+    fn slabs_widen_until_the_oldest_vote_then_drop_the_bound() {
+        let (top, hour) = (1_764_201_600_000, 3_600_000);
+        let walk = SlabWalk::new(Top::Now(top), 100, Some(top - hour), None);
+        let slabs = slabs(walk, |_| 0);
+        contiguous(&slabs, None);
+        let widths: Vec<_> = slabs.iter().filter_map(|s| Some(s.upper_ms.unwrap_or(top) - s.lower_ms?)).collect();
+        assert_eq!(widths, [100, 400, 1600, 6400, 25_600, 102_400, 409_600, 1_638_400], "×4 each time");
+
+        let slabs = self::slabs(SlabWalk::new(Top::Below(top), 100, None, None), |_| 0);
+        contiguous(&slabs, Some(top));
+        let reach = top - slabs[slabs.len() - 2].lower_ms.unwrap();
+        assert!(reach <= WIDEST_REACH.as_millis() as i64, "{reach}");
+        assert!(slabs.len() > 10);
+
+        let only = self::slabs(SlabWalk::new(Top::Below(top), 100, Some(top), None), |_| 0);
+        assert_eq!(only, [Slab { lower_ms: None, upper_ms: Some(top) }], "nothing older than the top");
+        assert_eq!(self::slabs(SlabWalk::new(Top::Below(5), 100, None, None), |_| 0).last().unwrap().lower_ms, None);
+    }
+
+    #[test]
+    fn a_slab_below_an_empty_one_starts_at_the_newest_vote() {
+        let (now, hour) = (1_764_201_600_000, 3_600_000);
+        let newest = now - hour;
+        let walk = SlabWalk::new(Top::Now(now), 50, Some(now - 10 * hour), Some(newest));
+        let slabs = slabs(walk, |slab| usize::from(slab.lower_ms.is_none_or(|lower| lower <= newest)));
+        contiguous(&slabs, None);
+        assert_eq!(slabs[0].lower_ms, Some(now - 50), "the first slab is the usual one");
+        assert_eq!(slabs[1], Slab { lower_ms: Some(newest - 50), upper_ms: Some(now - 50) }, "then the jump");
+        assert_eq!(slabs[2], Slab { lower_ms: Some(newest - 250), upper_ms: Some(newest - 50) }, "then ×4 from there");
+
+        // A newest vote above the empty slab (a clock ahead) does not move the walk.
+        let walk = SlabWalk::new(Top::Now(now), 50, None, Some(now + hour));
+        assert_eq!(slabs_of_two(walk)[1], Slab { lower_ms: Some(now - 250), upper_ms: Some(now - 50) });
+    }
+
+    fn slabs_of_two(mut walk: SlabWalk) -> [Slab; 2] {
+        let first = walk.next(None).unwrap();
+        [first, walk.next(Some(0)).unwrap()]
+    }
+
+    #[test]
+    fn a_full_latest_page_sizes_the_next_first_slab() {
+        let vote = |ms: i64| StoredVote {
+            id: format!("v-{ms}"),
+            vote_id: None,
+            name: "Alux Nahual".into(),
+            album: "Conquista".into(),
+            year: 1985,
+            rank: 5.0,
+            route: Route::Http,
+            voter_id: None,
+            received_at: DateTime::from_millis(ms),
+            kafka: StoredPosition { partition: 0, offset: 0 },
+            status: VoteStatus::Counted,
+            reason: None,
+        };
+        let shape = LogShape::default();
+        assert_eq!(shape.walk(Top::Now(10_000)).first_ms, FIRST_SLAB.as_millis() as i64);
+        let page: Vec<_> = (0..21).map(|i| vote(10_000 - i * 3)).collect();
+        shape.learn(&page, 21, true);
+        assert_eq!(shape.walk(Top::Now(10_000)).first_ms, 120, "two spans of 60 ms");
+        assert_eq!(LogShape::known(&shape.newest_ms), Some(10_000));
+        shape.learn(&page[..5], 21, true);
+        assert_eq!(shape.walk(Top::Now(10_000)).first_ms, 120, "a page that is not full says nothing of the rate");
+        let sparse: Vec<_> = (0..21).map(|i| vote(10_000_000 - i * 60_000)).collect();
+        shape.learn(&sparse, 21, false);
+        assert_eq!(shape.walk(Top::Now(10_000)).first_ms, 120, "nor does a filtered one");
+        assert_eq!(LogShape::known(&shape.newest_ms), Some(10_000_000), "but its newest vote counts");
+        shape.learn(&sparse, 21, true);
+        assert_eq!(shape.walk(Top::Now(10_000)).first_ms, FIRST_SLAB_MAX.as_millis() as i64, "within bounds");
     }
 
     #[test]
@@ -468,7 +715,8 @@ mod tests {
         ];
         let votes: Vec<_> = keys.iter().map(|(b, a, r, n, _)| group(b, a, r, Bson::Int32(*n))).collect();
         let rank_sums: Vec<_> = keys.iter().rev().map(|(b, a, r, _, s)| group(b, a, r, Bson::Double(*s))).collect();
-        let tallies = fold_groups(&votes, &rank_sums);
+        let groups = tally_groups(&votes, &rank_sums);
+        let tallies = fold_groups(&groups, &Filter::default());
         assert_eq!(tallies.total, 10);
         assert_eq!(
             tallies.bands,
@@ -483,5 +731,16 @@ mod tests {
             tallies.routes,
             [RouteTally { route: Route::Http, votes: 6 }, RouteTally { route: Route::Grpc, votes: 4 }]
         );
+
+        // A filter folds only its groups, as the same filter in MongoDB would select them.
+        let alux = Filter { band: Some("Alux Nahual".into()), ..Filter::default() };
+        let tallies = fold_groups(&groups, &alux);
+        assert_eq!((tallies.total, tallies.bands.len(), tallies.albums.len()), (5, 1, 2));
+        let grpc = Filter { band: Some("Alux Nahual".into()), album: None, route: Some(Route::Grpc) };
+        assert_eq!(fold_groups(&groups, &grpc).total, 4);
+        let album = Filter { band: None, album: Some("Mil palabras".into()), route: Some(Route::Http) };
+        assert_eq!(fold_groups(&groups, &album).total, 5);
+        let nobody = Filter { band: Some("alux nahual".into()), ..Filter::default() };
+        assert_eq!(fold_groups(&groups, &nobody), LogTallies::default(), "exact match, as in MongoDB");
     }
 }

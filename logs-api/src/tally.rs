@@ -1,11 +1,17 @@
 //! Tallies computed in the background, so that no request waits for an aggregation over the log.
 //!
-//! Each tally has one refresher task that recomputes it every interval (`TALLY_CACHE`): the
-//! unfiltered tally from start-up until shutdown, and a filtered one from the first request that
-//! asks for it until it has not been asked for in [`FILTER_IDLE`] (or longer intervals), or until
-//! [`MAX_TALLY_FILTERS`] other filters were asked for more recently. A request answers at once with
-//! the latest computed tally and the time it is as of; only a filter that has no tally yet makes
-//! it wait, for its first computation, at most `TALLY_WAIT`.
+//! One refresher task recomputes the log's (band, album, route) groups every interval
+//! (`TALLY_CACHE`), from start-up until shutdown; every tally, filtered or not, is folded from the
+//! latest groups (a filter is an exact match on those three fields), so a filter asked for the
+//! first time is answered as soon as the unfiltered tally is. A computation that takes longer than
+//! the interval is followed by a pause as long as itself: tallies never keep the log store busy
+//! more than half of the time. A request answers at once with the latest tally and the time it is
+//! as of; only a request before the first computation waits for it, at most `TALLY_WAIT`.
+//!
+//! Only when the whole log has more groups than [`MAX_TALLY_GROUPS`](crate::store::MAX_TALLY_GROUPS)
+//! (the unfiltered tally says so) does a filter get its own refresher and query, from the first
+//! request that asks for it until it has not been asked for in [`FILTER_IDLE`] (or longer
+//! intervals), or until [`MAX_TALLY_FILTERS`] other filters were asked for more recently.
 //!
 //! Invariant: at most one query per tally is in flight, whatever the number of requests: requests
 //! only read what the refreshers wrote.
@@ -24,11 +30,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     query::Filter,
-    store::{StoreError, VoteStore, rfc3339_millis},
+    store::{StoreError, TallyGroup, VoteStore, fold_groups, rfc3339_millis},
 };
 
-/// How many filtered tallies are kept up to date at most; the one asked for least recently is
-/// dropped first. The unfiltered tally is not one of them and is never dropped.
+/// How many filtered tallies with their own refresher (only when the whole log has too many
+/// groups) are kept up to date at most; the one asked for least recently is dropped first. The
+/// unfiltered tally is not one of them and is never dropped.
 pub const MAX_TALLY_FILTERS: usize = 16;
 
 /// A filtered tally nobody asked for in this long (or in three intervals, if that is longer)
@@ -79,7 +86,8 @@ struct Latest {
 #[derive(Debug)]
 struct Computed {
     as_of: DateTime,
-    tallies: LogTallies,
+    /// The groups of the refresher's own filter.
+    groups: Vec<TallyGroup>,
 }
 
 /// A filtered tally that is kept up to date.
@@ -121,15 +129,21 @@ impl TallyRefresher {
         TallyRefresher { inner }
     }
 
-    /// The latest tally for `filter`, starting its refresher if nobody asked for it recently.
+    /// The latest tally for `filter`: folded from the unfiltered groups, or, when the whole log
+    /// has too many groups, from the filter's own refresher (started if nobody asked for it
+    /// recently).
     pub async fn get(&self, filter: &Filter) -> Result<TallyAnswer, TallyError> {
-        let latest = if *filter == Filter::default() {
+        let wait = self.inner.settings.wait;
+        if *filter == Filter::default() {
             record_age(&self.inner.unfiltered.borrow());
-            self.inner.unfiltered.clone()
+        }
+        let too_many = matches!(self.inner.unfiltered.borrow().failed.as_deref(), Some(StoreError::TooManyGroups));
+        if too_many && *filter != Filter::default() {
+            // The filter's own groups: every one of them is the filter's.
+            answer(self.track(filter), wait, Filter::default()).await
         } else {
-            self.track(filter)
-        };
-        answer(latest, self.inner.settings.wait).await
+            answer(self.inner.unfiltered.clone(), wait, filter.clone()).await
+        }
     }
 
     fn track(&self, filter: &Filter) -> watch::Receiver<Latest> {
@@ -175,7 +189,12 @@ impl TallyRefresher {
     }
 }
 
-async fn answer(mut latest: watch::Receiver<Latest>, wait: Duration) -> Result<TallyAnswer, TallyError> {
+/// The tally of `filter` folded from what `latest` holds, waiting at most `wait` for a first one.
+async fn answer(
+    mut latest: watch::Receiver<Latest>,
+    wait: Duration,
+    filter: Filter,
+) -> Result<TallyAnswer, TallyError> {
     let settled = |latest: &Latest| latest.computed.is_some() || latest.failed.is_some();
     let waited = tokio::time::timeout(wait, async { latest.wait_for(settled).await.map(|found| found.clone()) }).await;
     let found = match waited {
@@ -186,7 +205,7 @@ async fn answer(mut latest: watch::Receiver<Latest>, wait: Duration) -> Result<T
     };
     match (found.computed, found.failed) {
         (Some(computed), _) => {
-            Ok(TallyAnswer { as_of: rfc3339_millis(computed.as_of), tallies: computed.tallies.clone() })
+            Ok(TallyAnswer { as_of: rfc3339_millis(computed.as_of), tallies: fold_groups(&computed.groups, &filter) })
         }
         (None, Some(failed)) => Err(TallyError::Store(failed)),
         (None, None) => Err(TallyError::Pending(wait)),
@@ -221,8 +240,8 @@ async fn refresh(
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("bandvote_logs_api_tally_refreshes_total", "outcome" => outcome).increment(1);
         sender.send_modify(|latest| match result {
-            Ok(tallies) => {
-                latest.computed = Some(Arc::new(Computed { as_of, tallies }));
+            Ok(groups) => {
+                latest.computed = Some(Arc::new(Computed { as_of, groups }));
                 latest.failed = None;
             }
             Err(err) => {
@@ -234,9 +253,12 @@ async fn refresh(
         if unfiltered {
             record_age(&sender.borrow());
         }
+        // At least the interval from start to start, and at least as long a pause as the
+        // computation took.
+        let next = started + settings.interval.max(2 * started.elapsed());
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep_until((started + settings.interval).into()) => {}
+            () = tokio::time::sleep_until(next.into()) => {}
         }
     }
 }
@@ -253,47 +275,67 @@ fn record_age(latest: &Latest) {
 mod tests {
     use super::*;
 
-    fn tallies(total: u64) -> LogTallies {
-        LogTallies { total, ..LogTallies::default() }
+    fn groups(votes: u64) -> Vec<TallyGroup> {
+        let group = |name: &str, votes| TallyGroup {
+            name: name.into(),
+            album: "Conquista".into(),
+            route: "http".into(),
+            votes,
+            rank_sum: votes as f64,
+        };
+        vec![group("Alux Nahual", votes), group("Viernes Verde", 1)]
     }
 
     #[tokio::test]
     async fn a_computed_tally_is_answered_with_its_time() {
         let as_of = DateTime::from_millis(1_764_201_600_007);
-        let latest = Latest { computed: Some(Arc::new(Computed { as_of, tallies: tallies(3) })), failed: None };
+        let latest = Latest { computed: Some(Arc::new(Computed { as_of, groups: groups(3) })), failed: None };
         let (_sender, receiver) = watch::channel(latest);
-        let answer = answer(receiver, Duration::from_millis(10)).await.expect("a tally");
-        assert_eq!((answer.as_of.as_str(), answer.tallies.total), ("2025-11-27T00:00:00.007Z", 3));
-        let json = serde_json::to_value(&answer).unwrap();
+        let first = answer(receiver, Duration::from_millis(10), Filter::default()).await.expect("a tally");
+        assert_eq!((first.as_of.as_str(), first.tallies.total), ("2025-11-27T00:00:00.007Z", 4));
+        let json = serde_json::to_value(&first).unwrap();
         assert_eq!(json["as_of"], "2025-11-27T00:00:00.007Z");
-        assert_eq!(json["total"], 3, "the tallies' own fields stay at the top level: {json}");
+        assert_eq!(json["total"], 4, "the tallies' own fields stay at the top level: {json}");
+
+        let (_sender, receiver) =
+            watch::channel(Latest { computed: Some(Arc::new(Computed { as_of, groups: groups(3) })), failed: None });
+        let alux = Filter { band: Some("Alux Nahual".into()), ..Filter::default() };
+        let filtered = answer(receiver, Duration::from_millis(10), alux).await.expect("a filtered tally");
+        assert_eq!((filtered.as_of, filtered.tallies.total), (first.as_of, 3), "folded from the same groups");
     }
 
     #[tokio::test]
     async fn an_older_tally_is_answered_when_the_last_computation_failed() {
-        let computed = Some(Arc::new(Computed { as_of: DateTime::now(), tallies: tallies(5) }));
+        let computed = Some(Arc::new(Computed { as_of: DateTime::now(), groups: groups(5) }));
         let (_sender, receiver) =
             watch::channel(Latest { computed, failed: Some(Arc::new(StoreError::TooManyGroups)) });
-        assert_eq!(answer(receiver, Duration::from_millis(10)).await.expect("the older tally").tallies.total, 5);
+        assert_eq!(
+            answer(receiver, Duration::from_millis(10), Filter::default())
+                .await
+                .expect("the older tally")
+                .tallies
+                .total,
+            6
+        );
     }
 
     #[tokio::test]
     async fn no_tally_yet_waits_for_the_first_then_gives_up() {
         let (sender, receiver) = watch::channel(Latest::default());
         let started = Instant::now();
-        let pending = answer(receiver.clone(), Duration::from_millis(50)).await;
+        let pending = answer(receiver.clone(), Duration::from_millis(50), Filter::default()).await;
         assert!(matches!(pending, Err(TallyError::Pending(_))), "{pending:?}");
         assert!(started.elapsed() < Duration::from_secs(1));
 
-        let waiting = tokio::spawn(answer(receiver.clone(), Duration::from_secs(5)));
+        let waiting = tokio::spawn(answer(receiver.clone(), Duration::from_secs(5), Filter::default()));
         tokio::time::sleep(Duration::from_millis(20)).await;
         sender.send_modify(|latest| {
-            latest.computed = Some(Arc::new(Computed { as_of: DateTime::now(), tallies: tallies(7) }))
+            latest.computed = Some(Arc::new(Computed { as_of: DateTime::now(), groups: groups(7) }))
         });
-        assert_eq!(waiting.await.unwrap().expect("the first tally").tallies.total, 7);
+        assert_eq!(waiting.await.unwrap().expect("the first tally").tallies.total, 8);
 
         let (sender, receiver) = watch::channel(Latest::default());
         sender.send_modify(|latest| latest.failed = Some(Arc::new(StoreError::TooManyGroups)));
-        assert!(matches!(answer(receiver, Duration::from_secs(5)).await, Err(TallyError::Store(_))));
+        assert!(matches!(answer(receiver, Duration::from_secs(5), Filter::default()).await, Err(TallyError::Store(_))));
     }
 }

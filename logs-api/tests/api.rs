@@ -11,6 +11,7 @@ use std::{
 
 use bandvote_consumer::log_store::{LogStore, LoggedVote};
 use bandvote_domain::{Ballot, MongoNames, Refused, Route, VoteEvent, VoteId};
+use bandvote_logs_api::store::MAX_TALLY_GROUPS;
 use bandvote_testkit::{Services, VoteLog, read_tallies, unique, vote, wait_for};
 use clap::Parser;
 use futures::TryStreamExt;
@@ -341,23 +342,29 @@ async fn health_and_readiness_say_whether_mongodb_answers() {
     let (status, body) = get(&client, down, "/votes").await;
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")), "{body}");
     assert!(started.elapsed() < Duration::from_secs(10), "refused within the query timeout");
-    let (status, _) = get(&client, down, "/tallies").await;
-    assert_eq!(status, 503);
-    // A filter asked for the first time waits for its first tally only as long as TALLY_WAIT.
-    let started = Instant::now();
-    let (status, body) = get(&client, down, "/tallies?band=Alux%20Nahual").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("tally_pending")), "{body}");
-    assert!(started.elapsed() < Duration::from_millis(1500), "answered within the wait: {:?}", started.elapsed());
-    // Once its computation failed, the failure is the answer, at once.
-    wait_for("the failure to be the answer", Duration::from_secs(10), || async {
-        let (status, body) = get(&client, down, "/tallies?band=Alux%20Nahual").await;
-        if (status, body["error"]["code"].as_str()) == (503, Some("unavailable")) {
-            Ok(())
-        } else {
-            Err(body.to_string())
-        }
-    })
-    .await;
+    // Before the first computation has failed, a tally waits only as long as TALLY_WAIT, filtered
+    // or not (a fresh instance: its first computation takes the whole query timeout to fail).
+    let fresh = start_api(&format!("mongodb://{closed}"), "bandvote", &stop, &["--tally-wait=300ms"]).await;
+    for path in ["/tallies?band=Alux%20Nahual", "/tallies"] {
+        let started = Instant::now();
+        let (status, body) = get(&client, fresh, path).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("tally_pending")), "{path}: {body}");
+        assert!(started.elapsed() < Duration::from_millis(1500), "answered within the wait: {:?}", started.elapsed());
+    }
+    // Once the computation failed, the failure is the answer, at once, for every filter.
+    for path in ["/tallies", "/tallies?band=Alux%20Nahual", "/tallies?route=grpc"] {
+        wait_for("the failure to be the answer", Duration::from_secs(10), || async {
+            let started = Instant::now();
+            let (status, body) = get(&client, fresh, path).await;
+            let code = body["error"]["code"].as_str();
+            if (status, code) == (503, Some("unavailable")) && started.elapsed() < Duration::from_millis(250) {
+                Ok(())
+            } else {
+                Err(format!("{path}: {body} after {:?}", started.elapsed()))
+            }
+        })
+        .await;
+    }
 
     let metrics = client.get(format!("http://{up}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("bandvote_logs_api_query_seconds"), "{metrics}");
@@ -385,11 +392,18 @@ impl SeededLog {
     /// Logs, for each (vote_id, n, received_at_ms), the `n`-th test vote; every 13th is refused
     /// when `refusing`.
     async fn log(&mut self, votes: impl IntoIterator<Item = (String, usize, i64)>, refusing: bool) {
-        let mut logged = Vec::new();
-        for (vote_id, n, received_at_ms) in votes {
+        let ballots = votes.into_iter().map(|(vote_id, n, received_at_ms)| {
             let (band, album, year, rank) = vote(n);
-            let ballot = Ballot::from_json(&json!({"name": band, "album": album, "year": year, "rank": rank}))
-                .expect("a valid ballot");
+            (vote_id, n, json!({"name": band, "album": album, "year": year, "rank": rank}), received_at_ms)
+        });
+        self.log_ballots(ballots, refusing).await;
+    }
+
+    /// Logs, for each (vote_id, n, ballot, received_at_ms), that ballot as the `n`-th vote.
+    async fn log_ballots(&mut self, votes: impl IntoIterator<Item = (String, usize, Value, i64)>, refusing: bool) {
+        let mut logged = Vec::new();
+        for (vote_id, n, ballot, received_at_ms) in votes {
+            let ballot = Ballot::from_json(&ballot).expect("a valid ballot");
             self.offset += 1;
             logged.push(LoggedVote {
                 event: VoteEvent {
@@ -569,6 +583,31 @@ async fn tallies_are_answered_at_once_and_refreshed_in_the_background() {
     for name in ["bandvote_logs_api_tally_age_seconds", "bandvote_logs_api_tally_refreshes_total"] {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }
+    stop.cancel();
+    log.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_with_too_many_groups_is_still_tallied_by_filter() {
+    let mut log = SeededLog::create("logs-groups").await;
+    let now = now_ms();
+    let groups = MAX_TALLY_GROUPS + 1;
+    let ballot = |band: String| json!({"name": band, "album": "Uno", "year": "1997", "rank": "8"});
+    let ballots = (0..groups).map(|n| (format!("g-{n:05}"), n, ballot(format!("Banda {n:05}")), now - n as i64));
+    log.log_ballots(ballots.collect::<Vec<_>>(), false).await;
+    log.log_ballots((0..3).map(|n| (format!("g-alux-{n}"), n, ballot("Alux Nahual".into()), now)), false).await;
+    let stop = CancellationToken::new();
+    let api = start_api(&log.uri, &log.database, &stop, &["--tally-wait=10s"]).await;
+    let client = reqwest::Client::new();
+
+    let (status, whole) = get(&client, api, "/tallies").await;
+    assert_eq!((status, whole["error"]["code"].as_str()), (422, Some("too_many_groups")), "{whole}");
+    assert!(whole["error"]["message"].as_str().is_some_and(|m| m.contains("narrow")), "says what to do: {whole}");
+    // Each filter then has its own query, whose groups fit.
+    let (status, alux) = get(&client, api, "/tallies?band=Alux%20Nahual").await;
+    assert_eq!((status, &alux["total"]), (200, &json!(3)), "{alux}");
+    let (status, one) = get(&client, api, "/tallies?band=Banda%2000042&album=Uno").await;
+    assert_eq!((status, &one["total"], &one["albums"][0]["rank_avg"]), (200, &json!(1), &json!(8.0)), "{one}");
     stop.cancel();
     log.drop().await;
 }
