@@ -1,7 +1,7 @@
 //! Read latency of the vote log at scale: the logs API (and the console) while the log grows.
 //!
-//! Starts a private MongoDB-protocol server (`--store`: FerretDB on SQLite, as `dev/services`
-//! runs, or secantus-mdb on WiredTiger), creates the log's indexes as the consumer does and fills
+//! Starts a private MongoDB-protocol server (`--store`: secantus-mdb on WiredTiger, as
+//! `dev/services` runs, or FerretDB on SQLite), creates the log's indexes as the consumer does and fills
 //! the log with the consumer's own writer ([`LogStore::insert`], batches of 500 like a consumer
 //! replica, one at a time) up to each checkpoint of `--at`. The seeded votes' acceptance times
 //! are spread at `--rate` votes per second and end when the run starts, as if the consumer had
@@ -52,16 +52,16 @@ const DATABASE: &str = "bandvote";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Store {
-    /// FerretDB 1.24 on SQLite, today's local server (`dev/services`).
-    Ferretdb,
-    /// secantus-mdb on WiredTiger (`dev/bench logs --store secantus` installs it).
+    /// secantus-mdb on WiredTiger, the local log store (`dev/services`).
     Secantus,
+    /// FerretDB 1.24 on SQLite (`dev/bench logs --store ferretdb` installs it).
+    Ferretdb,
 }
 
 impl Store {
     fn kind(self) -> Kind {
         match self {
-            Store::Ferretdb => Kind::Mongo,
+            Store::Ferretdb => Kind::Ferretdb,
             Store::Secantus => Kind::Secantus,
         }
     }
@@ -75,7 +75,7 @@ impl Store {
 )]
 pub struct LogsConfig {
     /// The MongoDB-protocol server to start.
-    #[arg(long, value_enum, default_value = "ferretdb")]
+    #[arg(long, value_enum, default_value = "secantus")]
     pub store: Store,
     /// Votes to log in all (the last checkpoint).
     #[arg(long, default_value = "1000000", value_parser = parse_count)]

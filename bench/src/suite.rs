@@ -30,7 +30,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use bandvote_chaos::{Layout, Stack};
 use bandvote_ops::config::parse_duration;
-use bandvote_testkit::servers::free_port;
+use bandvote_testkit::servers::{Kind, free_port};
 use serde::Serialize;
 
 use crate::{
@@ -424,7 +424,7 @@ pub async fn run(config: &SuiteConfig) -> anyhow::Result<SuiteReport> {
         kafka_nodes: 1,
         logs: Some(config.out.join("logs")),
     };
-    eprintln!("bench: starting Kafka, Redis, FerretDB and ingest");
+    eprintln!("bench: starting Kafka, Redis, {} and ingest", Kind::Mongo.name());
     let stack = Stack::start_with(&bin_dir, &layout).await?;
     let mut report = SuiteReport {
         plan: plan.clone(),

@@ -2,9 +2,9 @@
 //! one after another, then an exact reckoning.
 //!
 //! Everything runs on loopback in private processes: a Kafka cluster of three nodes (replication
-//! factor 3, `min.insync.replicas=2`), a Redis with its append-only file, a FerretDB behind a
-//! proxy that can slow it down, one ingest and 2 to 5 consumers (the release or debug binaries
-//! beside this one).
+//! factor 3, `min.insync.replicas=2`), a Redis with its append-only file, the log store's server
+//! (`MONGO_SERVER`, as `dev/services` runs it) behind a proxy that can slow it down, one ingest
+//! and 2 to 5 consumers (the release or debug binaries beside this one).
 //!
 //! First the run measures the pipeline's end-to-end capacity on this stack with its own load
 //! ([`capacity`]), unless it is given one or a fixed rate, and then offers a share of it (half by
@@ -435,7 +435,8 @@ impl Faults<'_> {
 
     async fn log_store_killed(&mut self) -> Result<(), Stopped> {
         let fault = self.begin();
-        let name = format!("log store (FerretDB) killed with SIGKILL, restarted after {} s", DOWN.as_secs());
+        let server = self.stack.mongo.kind().name();
+        let name = format!("log store ({server}) killed with SIGKILL, restarted after {} s", DOWN.as_secs());
         self.stack.mongo.kill();
         tokio::time::sleep(DOWN).await;
         let mongo = &mut self.stack.mongo;
@@ -599,8 +600,8 @@ impl Fault {
 
     /// Waits until the consumers committed (so logged) every record the topic held [`MARK_AFTER`]
     /// past the fault, then looks the latest votes accepted by then up in the log itself. Only the
-    /// first part is timed; counting the log in FerretDB on SQLite reads every document, and even a
-    /// lookup by `_id` takes seconds, so the final reckoning is what checks every vote.
+    /// first part is timed; counting the log reads every document on the local servers (and on FerretDB
+    /// even a lookup by `_id` takes seconds), so the final reckoning is what checks every vote.
     async fn until_logged(&self, fault: &str, stack: &Stack, load: &Load) -> Recovery {
         self.mark().await;
         let latest = load.recent_ids();

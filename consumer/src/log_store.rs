@@ -10,7 +10,7 @@ use mongodb::{
     Client, Collection, IndexModel,
     bson::{DateTime, Document, doc},
     error::{ErrorKind, InsertManyError},
-    options::IndexOptions,
+    options::{ClientOptions, IndexOptions, WriteConcern},
 };
 
 /// MongoDB's duplicate-key error code.
@@ -51,7 +51,12 @@ pub struct LogStore {
 
 impl LogStore {
     pub async fn connect(uri: &str, names: &MongoNames) -> mongodb::error::Result<Self> {
-        let client = Client::with_uri_str(uri).await?;
+        let mut options = ClientOptions::parse(uri).await?;
+        // A vote is logged when it is on disk: the commit that follows a write (and after which
+        // Kafka will not deliver the vote again) must not outlive a crash of the log store. The
+        // URI's `w` (majority, in production) is kept; only the journal is insisted on.
+        options.write_concern.get_or_insert_with(WriteConcern::default).journal.get_or_insert(true);
+        let client = Client::with_options(options)?;
         let votes = client.database(&names.database).collection(&names.collection);
         Ok(LogStore { client, votes })
     }

@@ -1,5 +1,5 @@
 //! Private servers a test or the chaos run may stop, kill and restart without touching the shared
-//! local services: a Kafka broker, a Redis with persistence and a FerretDB (or secantus-mdb), each
+//! local services: a Kafka broker, a Redis with persistence and the log store's server, each
 //! on its own free loopback ports and data folder, plus a TCP proxy that makes a server slow or
 //! stalls it.
 
@@ -25,12 +25,36 @@ pub enum Kind {
     /// Redis with the append-only file on (`appendfsync everysec`) and `maxmemory-policy
     /// volatile-ttl`, like the local service.
     Redis,
-    /// FerretDB with the SQLite backend, like the local service.
+    /// The log store's server that the local service runs: the one `MONGO_SERVER` names, as in
+    /// `dev/services` (secantus-mdb unless it says `ferretdb`).
     Mongo,
     /// secantus-mdb (`secantusd-rs`: the MongoDB wire protocol over WiredTiger), standalone, with a
-    /// 1 GB cache: the candidate local log store that `dev/bench logs --store secantus` installs
-    /// and measures.
+    /// 1 GB cache, like the local service.
     Secantus,
+    /// FerretDB with the SQLite backend, like the local service with `MONGO_SERVER=ferretdb`.
+    Ferretdb,
+}
+
+impl Kind {
+    /// The server a kind runs: [`Kind::Mongo`] becomes the one `MONGO_SERVER` names.
+    pub fn resolved(self) -> Kind {
+        match (self, std::env::var("MONGO_SERVER").as_deref()) {
+            (Kind::Mongo, Ok("ferretdb")) => Kind::Ferretdb,
+            (Kind::Mongo, Ok("secantus" | "") | Err(_)) => Kind::Secantus,
+            (Kind::Mongo, Ok(other)) => panic!("MONGO_SERVER must be secantus or ferretdb, got {other:?}"),
+            (kind, _) => kind,
+        }
+    }
+
+    /// The server's name, as reports say it.
+    pub fn name(self) -> &'static str {
+        match self.resolved() {
+            Kind::Kafka => "Kafka",
+            Kind::Redis => "Redis",
+            Kind::Secantus | Kind::Mongo => "secantus-mdb",
+            Kind::Ferretdb => "FerretDB",
+        }
+    }
 }
 
 /// A program `dev/services` installs in `$BANDVOTE_CACHE/bin`.
@@ -60,6 +84,7 @@ impl PrivateServer {
     /// Starts the server with more command-line arguments (for Redis, settings such as
     /// `--maxmemory 4mb`), kept for every restart.
     pub fn start_with(kind: Kind, extra_args: &[&str]) -> Self {
+        let kind = kind.resolved();
         let dir = std::env::temp_dir().join(unique(&format!("{kind:?}").to_lowercase()));
         std::fs::create_dir_all(&dir).expect("server folder");
         let extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
@@ -71,6 +96,11 @@ impl PrivateServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// What it runs (never [`Kind::Mongo`]: that is resolved when the server is made).
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// The server's data folder (Redis keeps its append-only files in `appendonlydir/` here).
@@ -88,7 +118,7 @@ impl PrivateServer {
         match self.kind {
             Kind::Kafka => self.address(),
             Kind::Redis => format!("redis://{}", self.address()),
-            Kind::Mongo | Kind::Secantus => format!("mongodb://{}/", self.address()),
+            Kind::Mongo | Kind::Secantus | Kind::Ferretdb => format!("mongodb://{}/", self.address()),
         }
     }
 
@@ -107,7 +137,8 @@ impl PrivateServer {
                 command.args(["--maxmemory-policy", "volatile-ttl"]);
                 command
             }
-            Kind::Mongo => {
+            Kind::Mongo => unreachable!("resolved when the server was made"),
+            Kind::Ferretdb => {
                 let mut command = Command::new(cached_program("ferretdb"));
                 std::fs::create_dir_all(self.dir.join("data")).expect("data folder");
                 command.env("FERRETDB_TELEMETRY", "disable").env("DO_NOT_TRACK", "1").args([
@@ -129,6 +160,8 @@ impl PrivateServer {
                 let mut command = Command::new(cached_program("secantusd-rs"));
                 command.arg("--config").arg(config).args(["--host", "127.0.0.1", "--port", &self.port.to_string()]);
                 command.args(["--storage-path", &format!("{dir}/data"), "--standalone", "--cache-size", "1G"]);
+                // What survives a SIGKILL is what was acknowledged only with this (dev/services).
+                command.arg("--sync-on-commit");
                 command.args(["--log-level", "WARNING"]);
                 command
             }
@@ -150,7 +183,10 @@ impl PrivateServer {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("{:?} does not start ({e}); run dev/services install (or install-secantus)", self.kind)
+                panic!(
+                    "{:?} does not start ({e}); run dev/services install (or install-secantus, install-ferretdb)",
+                    self.kind
+                )
             });
         self.process = Some(child);
         let deadline = Instant::now() + Duration::from_secs(90);

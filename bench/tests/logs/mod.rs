@@ -1,4 +1,4 @@
-//! The read-latency benchmark at a tiny scale: a private FerretDB, 2 000 votes, a few requests of
+//! The read-latency benchmark at a tiny scale: a private secantus-mdb, 2 000 votes, a few requests of
 //! every kind against a debug logs API, every answer checked.
 
 use std::{path::Path, time::Duration};
@@ -16,7 +16,7 @@ async fn the_read_latency_bench_measures_every_query_at_each_checkpoint() {
     assert!(status.success(), "cannot build the logs API");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_bandvote-bench-logs")).parent().expect("a folder").to_path_buf();
     let config = LogsConfig {
-        store: Store::Ferretdb,
+        store: Store::Secantus,
         votes: 2_000,
         at: vec![1_000],
         rate: 200.0,
@@ -27,7 +27,7 @@ async fn the_read_latency_bench_measures_every_query_at_each_checkpoint() {
         deadline: Duration::from_secs(60),
         bin_dir: Some(bin_dir),
         console: None,
-        // A loaded debug build on FerretDB may take more than the default 3 s at 2 000 votes.
+        // A debug build on a loaded machine may take more than the default 3 s.
         api_args: vec!["--query-timeout=10s".into()],
     };
     let report = run(&config).await.expect("the run finishes");
