@@ -98,6 +98,10 @@ pub struct LogTallies {
     pub albums: Vec<AlbumTally>,
     /// Routes, most votes first.
     pub routes: Vec<RouteTally>,
+    /// When the computation these tallies come from started (RFC 3339, UTC, milliseconds): every
+    /// vote logged before then is counted. The logs API always gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

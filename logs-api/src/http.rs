@@ -11,14 +11,14 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use bandvote_domain::{LogId, LoggedVote, VotePage, vote_log::CertifiedResult};
+use bandvote_domain::{LogId, LogTallies, LoggedVote, VotePage, vote_log::CertifiedResult};
 use bandvote_ops::{health, reply::ApiError};
 use serde_json::json;
 
 use crate::{
     query::{Filter, LogQuery, ParamError},
     store::{StoreError, VoteStore},
-    tally::{TallyAnswer, TallyError, TallyRefresher},
+    tally::{TallyError, TallyRefresher},
 };
 
 /// The OpenAPI 3.1 document of this API.
@@ -97,7 +97,7 @@ async fn one(
 }
 
 /// The latest tally the background computed; the refresher logs and counts its own failures.
-async fn tallies(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<TallyAnswer>, ApiError> {
+async fn tallies(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<LogTallies>, ApiError> {
     let filter = Filter::parse(query.as_deref()).map_err(invalid)?;
     match state.tallies.get(&filter).await {
         Ok(answer) => Ok(Json(answer)),

@@ -583,6 +583,7 @@ pub fn fold_groups(groups: &[TallyGroup], filter: &Filter) -> LogTallies {
             })
             .collect(),
         routes: routes.into_iter().map(|(route, votes)| RouteTally { route, votes }).collect(),
+        as_of: None,
     };
     // Most votes first; names break ties so the order is stable between refreshes.
     tallies.bands.sort_by(|a, b| b.votes.cmp(&a.votes).then_with(|| a.name.cmp(&b.name)));

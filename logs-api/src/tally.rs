@@ -24,7 +24,6 @@ use std::{
 
 use bandvote_domain::LogTallies;
 use mongodb::bson::DateTime;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -53,15 +52,6 @@ pub struct TallySettings {
     pub wait: Duration,
     /// How long one computation may take in MongoDB.
     pub query_timeout: Duration,
-}
-
-/// The body of `GET /tallies`: the tallies and when the computation they come from started.
-#[derive(Debug, Clone, Serialize)]
-pub struct TallyAnswer {
-    /// RFC 3339 in UTC with milliseconds: every vote logged before then is counted.
-    pub as_of: String,
-    #[serde(flatten)]
-    pub tallies: LogTallies,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +122,7 @@ impl TallyRefresher {
     /// The latest tally for `filter`: folded from the unfiltered groups, or, when the whole log
     /// has too many groups, from the filter's own refresher (started if nobody asked for it
     /// recently).
-    pub async fn get(&self, filter: &Filter) -> Result<TallyAnswer, TallyError> {
+    pub async fn get(&self, filter: &Filter) -> Result<LogTallies, TallyError> {
         let wait = self.inner.settings.wait;
         if *filter == Filter::default() {
             record_age(&self.inner.unfiltered.borrow());
@@ -190,11 +180,7 @@ impl TallyRefresher {
 }
 
 /// The tally of `filter` folded from what `latest` holds, waiting at most `wait` for a first one.
-async fn answer(
-    mut latest: watch::Receiver<Latest>,
-    wait: Duration,
-    filter: Filter,
-) -> Result<TallyAnswer, TallyError> {
+async fn answer(mut latest: watch::Receiver<Latest>, wait: Duration, filter: Filter) -> Result<LogTallies, TallyError> {
     let settled = |latest: &Latest| latest.computed.is_some() || latest.failed.is_some();
     let waited = tokio::time::timeout(wait, async { latest.wait_for(settled).await.map(|found| found.clone()) }).await;
     let found = match waited {
@@ -205,7 +191,7 @@ async fn answer(
     };
     match (found.computed, found.failed) {
         (Some(computed), _) => {
-            Ok(TallyAnswer { as_of: rfc3339_millis(computed.as_of), tallies: fold_groups(&computed.groups, &filter) })
+            Ok(LogTallies { as_of: Some(rfc3339_millis(computed.as_of)), ..fold_groups(&computed.groups, &filter) })
         }
         (None, Some(failed)) => Err(TallyError::Store(failed)),
         (None, None) => Err(TallyError::Pending(wait)),
@@ -292,7 +278,7 @@ mod tests {
         let latest = Latest { computed: Some(Arc::new(Computed { as_of, groups: groups(3) })), failed: None };
         let (_sender, receiver) = watch::channel(latest);
         let first = answer(receiver, Duration::from_millis(10), Filter::default()).await.expect("a tally");
-        assert_eq!((first.as_of.as_str(), first.tallies.total), ("2025-11-27T00:00:00.007Z", 4));
+        assert_eq!((first.as_of.as_deref(), first.total), (Some("2025-11-27T00:00:00.007Z"), 4));
         let json = serde_json::to_value(&first).unwrap();
         assert_eq!(json["as_of"], "2025-11-27T00:00:00.007Z");
         assert_eq!(json["total"], 4, "the tallies' own fields stay at the top level: {json}");
@@ -301,7 +287,7 @@ mod tests {
             watch::channel(Latest { computed: Some(Arc::new(Computed { as_of, groups: groups(3) })), failed: None });
         let alux = Filter { band: Some("Alux Nahual".into()), ..Filter::default() };
         let filtered = answer(receiver, Duration::from_millis(10), alux).await.expect("a filtered tally");
-        assert_eq!((filtered.as_of, filtered.tallies.total), (first.as_of, 3), "folded from the same groups");
+        assert_eq!((filtered.as_of, filtered.total), (first.as_of, 3), "folded from the same groups");
     }
 
     #[tokio::test]
@@ -310,11 +296,7 @@ mod tests {
         let (_sender, receiver) =
             watch::channel(Latest { computed, failed: Some(Arc::new(StoreError::TooManyGroups)) });
         assert_eq!(
-            answer(receiver, Duration::from_millis(10), Filter::default())
-                .await
-                .expect("the older tally")
-                .tallies
-                .total,
+            answer(receiver, Duration::from_millis(10), Filter::default()).await.expect("the older tally").total,
             6
         );
     }
@@ -332,7 +314,7 @@ mod tests {
         sender.send_modify(|latest| {
             latest.computed = Some(Arc::new(Computed { as_of: DateTime::now(), groups: groups(7) }))
         });
-        assert_eq!(waiting.await.unwrap().expect("the first tally").tallies.total, 8);
+        assert_eq!(waiting.await.unwrap().expect("the first tally").total, 8);
 
         let (sender, receiver) = watch::channel(Latest::default());
         sender.send_modify(|latest| latest.failed = Some(Arc::new(StoreError::TooManyGroups)));

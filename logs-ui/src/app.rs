@@ -401,6 +401,14 @@ fn Tallies(tallies: Result<LogTallies, ServerFnError>) -> impl IntoView {
         <section class="card" aria-labelledby="tallies-heading">
             <h2 id="tallies-heading">"Tallies"</h2>
             <p class="total" id="total">{format!("{total} votes logged")}</p>
+            {tallies.as_of.clone().map(|as_of| {
+                let (_, time) = split_timestamp(&as_of);
+                view! {
+                    <p class="as-of" id="tallies-as-of">
+                        "as of " <time datetime=as_of>{time}</time>
+                    </p>
+                }
+            })}
             <h3>"Routes"</h3>
             <div class="split" role="img" aria-label=split_label>
                 {tallies

@@ -4,6 +4,7 @@ without JavaScript. Screenshots of the console land in docs/screenshots/."""
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 
@@ -95,6 +96,13 @@ def test_update_and_live_refresh_show_new_votes(console, browser):
     console.wait_logged(5)
     wait_until(lambda: shown_ids(page)[:1] == [newest], 10, "live refresh to show the newest vote")
     wait_until(lambda: page.locator("#total").inner_text() == "5 votes logged", 10, "live refresh of the tallies")
+    # The tallies say when they were computed: a recent instant, shown as its time of day in UTC.
+    as_of = page.locator("#tallies-as-of time")
+    stamp = as_of.get_attribute("datetime")
+    computed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    age = datetime.datetime.now(datetime.timezone.utc) - computed
+    assert datetime.timedelta(seconds=-5) < age < datetime.timedelta(seconds=30), (stamp, age)
+    assert as_of.inner_text() == f"{stamp[11:19]} UTC", as_of.inner_text()
 
 
 def test_filters_narrow_the_list(console, browser):
