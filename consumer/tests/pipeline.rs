@@ -25,6 +25,7 @@ mod audit;
 mod contest;
 mod counting;
 mod faults;
+mod kafka_auth;
 mod wasm_route;
 
 /// One test's isolated pipeline: its own topic, group, Redis prefix and MongoDB database, with
