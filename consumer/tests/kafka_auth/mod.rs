@@ -4,6 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
+use bandvote_ops::config::{KafkaArgs, KafkaSecurityArgs, SecurityProtocol};
 use bandvote_testkit::{
     Services, read_tallies,
     secure_kafka::{ADMIN, SecureKafka},
@@ -23,6 +24,8 @@ use super::{Pipeline, accepted_id, json_vote};
 
 /// How long a denial or a record may take to show.
 const WITHIN: Duration = Duration::from_secs(30);
+/// The group `bandvote-audit --replay-kafka` reads in (assigned, never joined or committed).
+const AUDIT_GROUP: &str = "bandvote-audit";
 
 /// The SASL settings of a service that authenticates as `user` with the password in `file`.
 fn sasl_args(user: &str, file: &Path) -> Vec<String> {
@@ -49,6 +52,7 @@ async fn each_service_authenticates_as_its_own_kafka_user_and_may_do_only_its_pa
     kafka.allow("consumer", &["--topic", &topic], &["Read", "Describe"]);
     kafka.allow("consumer", &["--group", &group], &["Read"]);
     kafka.allow("consumer", &["--topic", &dead_letters], &["Write", "Describe"]);
+    kafka.allow("consumer", &["--group", AUDIT_GROUP], &["Describe"]);
     // Not in production: a group of ingest's own, so that reading the topic is decided by the
     // topic's ACLs (librdkafka reads only within a group, and ingest may use none).
     let probe_group = format!("probe-{id}");
@@ -136,6 +140,21 @@ async fn each_service_authenticates_as_its_own_kafka_user_and_may_do_only_its_pa
         }
     })
     .await;
+
+    // `bandvote-audit --replay-kafka`, run in a consumer pod, reads the topic as the consumer's user.
+    let audit = KafkaArgs {
+        brokers: kafka.brokers(),
+        topic: topic.clone(),
+        partitions: 2,
+        replication_factor: 1,
+        create_topics: false,
+        security: KafkaSecurityArgs::sasl(SecurityProtocol::SaslPlaintext, "consumer", kafka.password("consumer")),
+    };
+    let replay = tokio::task::spawn_blocking(move || bandvote_consumer::audit::replay_kafka(&audit, WITHIN))
+        .await
+        .expect("the replay's thread")
+        .expect("the consumer's user replays the topic");
+    assert_eq!((replay.records, replay.not_votes), (2, 1), "the vote and the record that is not one");
 
     // The ingest user cannot read the votes, and the consumer user cannot write them.
     let denied = read_error(kafka.user_config("ingest"), &topic, &group).await;
