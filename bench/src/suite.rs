@@ -846,6 +846,7 @@ async fn create_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
         partitions: 6,
         replication_factor: 1,
         create_topics: true,
+        security: Default::default(),
     };
     Ok(bandvote_ops::topics::ensure(&kafka).await?)
 }

@@ -504,6 +504,7 @@ fn kafka_args(brokers: &str, replication_factor: i32) -> KafkaArgs {
         partitions: Stack::PARTITIONS,
         replication_factor,
         create_topics: true,
+        security: Default::default(),
     }
 }
 

@@ -527,6 +527,7 @@ fn write_differences(f: &mut fmt::Formatter<'_>, what: &str, found: &[Difference
 /// Runs the audit (and the rebuild first, when asked).
 pub async fn run(config: &AuditConfig) -> anyhow::Result<Report> {
     use anyhow::Context as _;
+    config.kafka.validate().map_err(anyhow::Error::msg)?;
     let keys = RedisKeys::new(&config.redis.key_prefix);
     // The re-send window does not matter here: the rebuild writes tallies and positions only.
     let tally = Tally::connect(&config.redis.url, keys.clone(), &config.kafka.topic, Duration::from_secs(1))

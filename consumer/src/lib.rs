@@ -91,6 +91,7 @@ pub struct ConsumerService {
 
 impl ConsumerService {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.kafka.validate().map_err(anyhow::Error::msg)?;
         bandvote_ops::telemetry::metrics();
         if let Err(err) = bandvote_ops::topics::ensure(&config.kafka).await {
             tracing::warn!(error = %err, "cannot make sure the topics exist yet");

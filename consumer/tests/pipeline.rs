@@ -25,6 +25,7 @@ mod audit;
 mod contest;
 mod counting;
 mod faults;
+mod kafka_auth;
 mod wasm_route;
 
 /// One test's isolated pipeline: its own topic, group, Redis prefix and MongoDB database, with
@@ -514,6 +515,7 @@ async fn kafka_down_is_refused_in_bounded_time_and_recovery_needs_no_restart() {
         partitions: 6,
         replication_factor: 1,
         create_topics: true,
+        security: Default::default(),
     };
     wait_for("the private broker to create topics", Duration::from_secs(60), || async {
         bandvote_ops::topics::ensure(&kafka).await.map_err(|e| e.to_string())

@@ -163,6 +163,7 @@ mod tests {
             partitions: 1,
             replication_factor: 1,
             create_topics: false,
+            security: Default::default(),
         };
         let publisher = Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer");
         router(Caster::new(publisher, Default::default(), false), Limits { max_body_bytes: 1024, max_batch: 10 })

@@ -159,6 +159,7 @@ impl Ingest {
                  load balancer, 0 for none); the client is that many addresses from the right"
             );
         }
+        config.kafka.validate().map_err(anyhow::Error::msg)?;
         let contest = config.contest.load().map_err(anyhow::Error::msg)?.unwrap_or_default();
         bandvote_ops::telemetry::metrics();
         if let Err(err) = bandvote_ops::topics::ensure(&config.kafka).await {

@@ -5,12 +5,16 @@
 //! bounded by `message.timeout.ms`: when Kafka is down or slow the caller hears so within that
 //! bound, and the producer reconnects by itself when Kafka is back.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use bandvote_domain::VoteEvent;
 use bandvote_ops::config::KafkaArgs;
 use futures::{StreamExt as _, stream::FuturesUnordered};
 use rdkafka::{
+    ClientContext,
     error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
@@ -18,6 +22,8 @@ use rdkafka::{
 
 /// How long a publish may wait for room in the producer's local queue before it is refused.
 const QUEUE_WAIT: Duration = Duration::from_millis(100);
+/// How long the client's last error explains a failed readiness check.
+const ERROR_EXPLAINS: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -29,9 +35,34 @@ pub enum PublishError {
     QueueFull,
 }
 
+/// The producer's context: it logs librdkafka's client-wide errors (as rdkafka's default does)
+/// and keeps the last one, so that a failed readiness check says why Kafka does not answer (a
+/// refused password, a broker that refuses connections) and not only that it does not.
+#[derive(Clone, Default)]
+pub struct ClientErrors(Arc<Mutex<Option<(Instant, String)>>>);
+
+impl ClientErrors {
+    /// The last error and how long ago it came, if it came within `within`.
+    fn recent(&self, within: Duration) -> Option<(Duration, String)> {
+        let last = self.0.lock().ok()?;
+        let (at, error) = last.as_ref()?;
+        (at.elapsed() <= within).then(|| (at.elapsed(), error.clone()))
+    }
+}
+
+impl ClientContext for ClientErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(%error, reason, "kafka client error");
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some((Instant::now(), format!("{error}: {reason}")));
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<ClientErrors>,
+    errors: ClientErrors,
     topic: String,
     timeout: Duration,
     /// `bandvote_ingest_produce_latency_seconds` by result, looked up once.
@@ -42,6 +73,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(kafka: &KafkaArgs, timeout: Duration) -> Result<Self, KafkaError> {
         let timeout_ms = timeout.as_millis().max(1).to_string();
+        let errors = ClientErrors::default();
         let producer = kafka
             .client_config("bandvote-ingest")
             .set("acks", "all")
@@ -57,11 +89,12 @@ impl Publisher {
             // Kafka's own key hash, which `VoteEvent::partition` computes too: ingest knows the
             // partition where a voter's counts are kept.
             .set("partitioner", "murmur2_random")
-            .create()?;
+            .create_with_context(errors.clone())?;
         let latency =
             |result: &'static str| metrics::histogram!("bandvote_ingest_produce_latency_seconds", "result" => result);
         Ok(Publisher {
             producer,
+            errors,
             topic: kafka.topic.clone(),
             timeout,
             latency_ok: latency("ok"),
@@ -127,22 +160,34 @@ impl Publisher {
         &self.topic
     }
 
-    /// How many partitions the votes topic has, from Kafka's metadata.
+    /// How many partitions the votes topic has, from Kafka's metadata. The error says what the
+    /// request met and, when there is one, the client's last error (why it met it).
     pub async fn partitions(&self) -> Result<i32, String> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || {
+        let answer = tokio::task::spawn_blocking(move || {
             let metadata = producer
                 .client()
                 .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(2)))
                 .map_err(|err| format!("kafka: {err}"))?;
             match metadata.topics().first() {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
-                _ => Err(format!("kafka: topic {topic:?} is not available")),
+                // For example TopicAuthorizationFailed: this user may not describe the topic.
+                Some(t) => match t.error() {
+                    Some(error) => {
+                        Err(format!("kafka: topic {topic:?} is not available ({:?})", RDKafkaErrorCode::from(error)))
+                    }
+                    None => Err(format!("kafka: topic {topic:?} is not available")),
+                },
+                None => Err(format!("kafka: topic {topic:?} is not available")),
             }
         })
         .await
-        .map_err(|err| format!("kafka metadata failed: {err}"))?
+        .map_err(|err| format!("kafka metadata failed: {err}"))?;
+        answer.map_err(|failed| match self.errors.recent(ERROR_EXPLAINS) {
+            Some((ago, error)) => format!("{failed}; the Kafka client's last error, {}s ago: {error}", ago.as_secs()),
+            None => failed,
+        })
     }
 
     /// The bound on one publish, as configured.

@@ -267,8 +267,10 @@ def env_errors(objects: list[dict]) -> list[str]:
         if pod is None:
             continue
         ns = obj["metadata"].get("namespace", "")
+        secret_volumes = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
         for c in pod.get("initContainers", []) + pod.get("containers", []):
             where = f"{_where(obj)}/{c['name']}"
+            secret_mounts = [m["mountPath"].rstrip("/") + "/" for m in c.get("volumeMounts", []) if m["name"] in secret_volumes]
             defined: dict[str, dict] = {}
             for source in c.get("envFrom", []):
                 ref = source.get("configMapRef", {}).get("name")
@@ -282,7 +284,11 @@ def env_errors(objects: list[dict]) -> list[str]:
                         if ref not in defined:
                             errors.append(f"{where}: env {env['name']} uses $({ref}), which is not defined before it")
                     strings.append((f"env {env['name']}", value))
-                    if SECRET_NAME.search(env["name"]) and value and not VAR_REF.fullmatch(value):
+                    if env["name"].endswith("_FILE") and SECRET_NAME.search(env["name"]):
+                        # A file that holds the secret: it must be one a Secret volume mounts.
+                        if not any(value.startswith(mount) for mount in secret_mounts):
+                            errors.append(f"{where}: env {env['name']} names {value}, which no Secret volume of the container holds")
+                    elif SECRET_NAME.search(env["name"]) and value and not VAR_REF.fullmatch(value):
                         errors.append(f"{where}: env {env['name']} is a literal value, not a secretKeyRef")
                 defined[env["name"]] = env
             for field in ("command", "args"):

@@ -362,6 +362,25 @@ def reference_errors(objects: list[dict]) -> list[str]:
                 errors.append(f"{where(obj)}: scaleTargetRef {target.get('kind', 'Deployment')} {target['name']} does not exist")
             for trigger in (t for t in spec.get("triggers", []) if t["type"] == "kafka"):
                 errors += kafka_trigger_errors(where(obj), trigger["metadata"], workload, kafka_listeners, objects)
+            for trigger in spec.get("triggers", []):
+                auth = trigger.get("authenticationRef")
+                if auth and not idx.exists(auth.get("kind", "TriggerAuthentication"), ns, auth["name"]):
+                    errors.append(f"{where(obj)}: authenticationRef {auth.get('kind', 'TriggerAuthentication')} {auth['name']} does not exist")
+
+        def secret_key_errors(what: str, ref: dict) -> list[str]:
+            keys = idx.data_keys("Secret", ns, ref["name"])
+            if keys is None:
+                return [f"{where(obj)}: {what} Secret {ref['name']} does not exist"]
+            return [] if ref["key"] in keys else [f"{where(obj)}: {what} Secret {ref['name']} has no key {ref['key']}"]
+
+        if kind == "TriggerAuthentication":
+            for ref in spec.get("secretTargetRef", []):
+                errors += secret_key_errors(f"parameter {ref['parameter']}:", ref)
+
+        if kind == "KafkaUser":
+            ref = ((spec.get("authentication") or {}).get("password") or {}).get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                errors += secret_key_errors("the password's", ref)
 
         if kind == "PodDisruptionBudget":
             if not idx.pods_selected(ns, spec.get("selector", {})):

@@ -386,6 +386,11 @@ def _literal_password_variable(objs):
     env_entry(c, "GF_SECURITY_ADMIN_PASSWORD")["value"] = "admin"
 
 
+def _password_file_outside_its_secret(objs):
+    c = container(objs, "Deployment", "ingest-http")
+    env_entry(c, "KAFKA_SASL_PASSWORD_FILE")["value"] = "/etc/bandvote/password"
+
+
 def _url_in_a_config_map(objs):
     find(objs, "ConfigMap", "kafka-client")["data"]["MONGODB_URI"] = "mongodb://consumer:" + "0123abcd@mongodb:27017"
 
@@ -398,6 +403,10 @@ URL_BREAKS = {
     "secret on the command line": (_secret_in_args, "args puts $(REDIS_PASSWORD), a Secret's value, on the command line"),
     "literal password variable": (_literal_password_variable, "env GF_SECURITY_ADMIN_PASSWORD is a literal value"),
     "credentials in a ConfigMap": (_url_in_a_config_map, "MONGODB_URI: a mongodb URL carries a literal password"),
+    "password file outside its Secret": (
+        _password_file_outside_its_secret,
+        "env KAFKA_SASL_PASSWORD_FILE names /etc/bandvote/password, which no Secret volume of the container holds",
+    ),
 }
 
 

@@ -30,10 +30,10 @@ def rendered(kustomize, repo, tmp_path_factory) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def crds(crd_dir):
     loaded = load_crds(crd_dir)
-    for needed in [("kafka.strimzi.io/v1", k) for k in ("Kafka", "KafkaNodePool", "KafkaTopic")] + [
+    for needed in [("kafka.strimzi.io/v1", k) for k in ("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser")] + [
         ("gateway.networking.k8s.io/v1", k) for k in ("Gateway", "HTTPRoute")
     ] + [("cloud.google.com/v1", "BackendConfig"), ("networking.gke.io/v1", "HealthCheckPolicy")] + [
-        ("keda.sh/v1alpha1", "ScaledObject")
+        ("keda.sh/v1alpha1", k) for k in ("ScaledObject", "TriggerAuthentication")
     ]:
         assert needed in loaded, f"the cached CRDs lack {needed}; run dev/tools install k8s-schemas"
     return loaded
@@ -169,6 +169,19 @@ def break_health_check_target(objs):
     _find(objs, "HealthCheckPolicy", "ingest-grpc-health")["spec"]["targetRef"]["name"] = "ingest-rpc"
 
 
+def break_trigger_authentication(objs):
+    _find(objs, "ScaledObject", "consumer")["spec"]["triggers"][0]["authenticationRef"]["name"] = "consumer-kafka"
+
+
+def break_trigger_authentication_secret(objs):
+    _find(objs, "TriggerAuthentication", "consumer-kafka-lag")["spec"]["secretTargetRef"][1]["key"] = "KAFKA_PASSWORD"
+
+
+def break_kafka_user_secret(objs):
+    user = _find(objs, "KafkaUser", "ingest")
+    user["spec"]["authentication"]["password"]["valueFrom"]["secretKeyRef"]["name"] = "kafka-ingest"
+
+
 def break_probe_port(objs):
     _container(objs, "ingest-wasm", "producer")["readinessProbe"]["httpGet"]["port"] = "http"
 
@@ -195,6 +208,9 @@ BREAKS = {
     "volume mount": (break_volume_mount, "mounts undefined volume grafana-data"),
     "probe port": (break_probe_port, "readinessProbe uses unknown port http"),
     "health check target": (break_health_check_target, "targetRef Service ingest-rpc does not exist"),
+    "trigger authentication": (break_trigger_authentication, "authenticationRef TriggerAuthentication consumer-kafka does not exist"),
+    "trigger authentication secret": (break_trigger_authentication_secret, "has no key KAFKA_PASSWORD"),
+    "kafka user password secret": (break_kafka_user_secret, "the password's Secret kafka-ingest does not exist"),
 }
 
 

@@ -6,6 +6,9 @@ use std::time::Duration;
 #[cfg(feature = "kafka")]
 use rdkafka::ClientConfig;
 
+#[cfg(feature = "kafka")]
+pub use crate::kafka_security::{KafkaSecurityArgs, SaslMechanism, Secret, SecurityProtocol};
+
 /// Where Kafka is and which topics carry votes.
 #[cfg(feature = "kafka")]
 #[derive(Debug, Clone, clap::Args)]
@@ -25,6 +28,9 @@ pub struct KafkaArgs {
     /// Create the topics at start-up if they are missing (off when an operator manages them).
     #[arg(long = "kafka-create-topics", env = "KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,
+    /// How this client authenticates to the brokers and whether the connection is encrypted.
+    #[command(flatten)]
+    pub security: KafkaSecurityArgs,
 }
 
 #[cfg(feature = "kafka")]
@@ -39,7 +45,15 @@ impl KafkaArgs {
             // Resolve `localhost` to IPv4 first; the local broker listens on 127.0.0.1 only.
             .set("broker.address.family", "v4")
             .set("log_level", "4");
+        self.security.apply(&mut config);
         config
+    }
+
+    /// Checks the settings that only make sense together (a SASL protocol needs a user and a
+    /// password, credentials need a SASL protocol, a CA needs TLS). Every service calls it at
+    /// start, before its first client; the error names the setting to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        self.security.validate()
     }
 
     /// The dead-letter topic beside the votes topic.

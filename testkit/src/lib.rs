@@ -6,6 +6,7 @@
 //! message that says how to start it; none is skipped.
 
 pub mod cluster;
+pub mod secure_kafka;
 pub mod servers;
 
 use std::{
