@@ -5,7 +5,7 @@
 //! `_id` index with a duplicate-key error, which is the expected outcome of a redelivery and is
 //! treated as success; any other error fails the batch, which is then retried whole.
 
-use bandvote_domain::{MongoNames, Refused, VoteEvent};
+use bandvote_domain::{MongoNames, Refused, VoteEvent, VoteStatus};
 use mongodb::{
     Client, Collection, IndexModel,
     bson::{DateTime, Document, doc},
@@ -141,9 +141,9 @@ pub fn document(vote: &LoggedVote, logged_at: DateTime) -> Document {
         document.insert("voter_id", voter_id);
     }
     match vote.refused {
-        None => document.insert("status", "counted"),
+        None => document.insert("status", VoteStatus::Counted.as_str()),
         Some(reason) => {
-            document.insert("status", "refused");
+            document.insert("status", VoteStatus::Refused.as_str());
             document.insert("reason", reason.code())
         }
     };

@@ -47,6 +47,16 @@ pub enum VoteStatus {
     Refused,
 }
 
+impl VoteStatus {
+    /// As the log stores it (and serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoteStatus::Counted => "counted",
+            VoteStatus::Refused => "refused",
+        }
+    }
+}
+
 /// One logged vote, as the logs API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoggedVote {
@@ -180,7 +190,14 @@ pub struct ResultAlbum {
 
 #[cfg(test)]
 mod tests {
-    use super::LogId;
+    use super::{LogId, VoteStatus};
+
+    #[test]
+    fn a_status_is_written_as_serde_writes_it() {
+        for status in [VoteStatus::Counted, VoteStatus::Refused] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+    }
 
     #[test]
     fn log_ids_are_a_vote_id_a_voter_and_a_vote_id_or_a_conflict() {
