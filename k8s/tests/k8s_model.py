@@ -4,10 +4,11 @@
   is filled from its committed `.example`, so the real credentials never need to exist here.
 - `schema_errors` validates each object: built-in kinds against the Kubernetes OpenAPI schemas
   (kubernetes-validate, strict: unknown fields are errors), custom resources against the CRDs
-  that `dev/tools install k8s-schemas` caches (Strimzi, Gateway API, GKE's BackendConfig and
-  HealthCheckPolicy, KEDA).
+  that `dev/tools install k8s-schemas` caches (Strimzi, Gateway API, GKE's BackendConfig,
+  FrontendConfig, ManagedCertificate and HealthCheckPolicy, KEDA).
 - `reference_errors` follows every reference between objects (Service selectors and ports,
-  Ingress and HTTPRoute backends, Secret and ConfigMap keys, volumes, PVCs, service accounts,
+  Ingress and HTTPRoute backends, the Ingress's ManagedCertificates and FrontendConfig and the
+  Services' BackendConfigs named in annotations, Secret and ConfigMap keys, volumes, PVCs, service accounts,
   the KEDA ScaledObject's target, Kafka address, topic and consumer group, health-check policy
   targets, PDB selectors, Strimzi cluster labels, `<service>.<namespace>.svc` addresses in
   configuration) and returns one message per broken one.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import re
 import shutil
 import subprocess
@@ -106,6 +108,12 @@ def crd_errors(obj: dict, crds: dict) -> list[str]:
         return [f"{'/'.join(key(obj))}: no CRD schema for {obj.get('apiVersion')} {obj.get('kind')}"]
     body = copy.deepcopy(obj)
     body.pop("status", None)
+    # The API server takes apiVersion, kind and metadata at the root of every object, declared in
+    # the CRD's schema or not (ManagedCertificate's declares only spec and status).
+    schema = copy.deepcopy(schema)
+    root = schema.setdefault("properties", {})
+    for name, kind in (("apiVersion", "string"), ("kind", "string"), ("metadata", "object")):
+        root.setdefault(name, {"type": kind})
     validator = jsonschema.Draft7Validator(_strict(schema))
     return [
         f"{'/'.join(key(obj))}: {'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
@@ -207,6 +215,13 @@ class Index:
                     values += [(obj, e["value"]) for e in c.get("env", []) if isinstance(e.get("value"), str)]
         return values
 
+
+# The annotations by which GKE's Ingress controller finds its ManagedCertificates (a comma-separated
+# list), its FrontendConfig, and a Service's BackendConfigs (JSON: {"ports": {port: name}} and/or
+# {"default": name}).
+MANAGED_CERTIFICATES = "networking.gke.io/managed-certificates"
+FRONTEND_CONFIG = "networking.gke.io/v1beta1.FrontendConfig"
+BACKEND_CONFIG = "cloud.google.com/backend-config"
 
 SVC_ADDRESS = re.compile(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?:(\d+)")
 
@@ -326,6 +341,23 @@ def reference_errors(objects: list[dict]) -> list[str]:
                     errors.append(f"{where(obj)}: backend Service {svc_ref['name']} does not exist")
                 elif service_port(service, port) is None:
                     errors.append(f"{where(obj)}: backend Service {svc_ref['name']} has no port {port}")
+            annotations = obj["metadata"].get("annotations", {})
+            for cert in filter(None, (c.strip() for c in annotations.get(MANAGED_CERTIFICATES, "").split(","))):
+                if idx.get("ManagedCertificate", ns, cert) is None:
+                    errors.append(f"{where(obj)}: {MANAGED_CERTIFICATES}: ManagedCertificate {cert} does not exist")
+            frontend = annotations.get(FRONTEND_CONFIG)
+            if frontend is not None and idx.get("FrontendConfig", ns, frontend) is None:
+                errors.append(f"{where(obj)}: {FRONTEND_CONFIG}: FrontendConfig {frontend} does not exist")
+
+        if kind == "Service" and BACKEND_CONFIG in obj["metadata"].get("annotations", {}):
+            config = json.loads(obj["metadata"]["annotations"][BACKEND_CONFIG])
+            named = [(port, name) for port, name in config.get("ports", {}).items()]
+            named += [(None, config["default"])] if "default" in config else []
+            for port, name in named:
+                if idx.get("BackendConfig", ns, name) is None:
+                    errors.append(f"{where(obj)}: {BACKEND_CONFIG}: BackendConfig {name} does not exist")
+                if port is not None and service_port(obj, int(port) if port.isdigit() else port) is None:
+                    errors.append(f"{where(obj)}: {BACKEND_CONFIG}: the Service has no port {port}")
 
         if kind == "HTTPRoute" or kind == "GRPCRoute":
             for parent in spec.get("parentRefs", []):

@@ -32,7 +32,12 @@ def crds(crd_dir):
     loaded = load_crds(crd_dir)
     for needed in [("kafka.strimzi.io/v1", k) for k in ("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser")] + [
         ("gateway.networking.k8s.io/v1", k) for k in ("Gateway", "HTTPRoute")
-    ] + [("cloud.google.com/v1", "BackendConfig"), ("networking.gke.io/v1", "HealthCheckPolicy")] + [
+    ] + [
+        ("cloud.google.com/v1", "BackendConfig"),
+        ("networking.gke.io/v1", "HealthCheckPolicy"),
+        ("networking.gke.io/v1", "ManagedCertificate"),
+        ("networking.gke.io/v1beta1", "FrontendConfig"),
+    ] + [
         ("keda.sh/v1alpha1", k) for k in ("ScaledObject", "TriggerAuthentication")
     ]:
         assert needed in loaded, f"the cached CRDs lack {needed}; run dev/tools install k8s-schemas"
@@ -182,6 +187,24 @@ def break_kafka_user_secret(objs):
     user["spec"]["authentication"]["password"]["valueFrom"]["secretKeyRef"]["name"] = "kafka-ingest"
 
 
+def break_managed_certificate(objs):
+    _find(objs, "Ingress", "bandvote")["metadata"]["annotations"]["networking.gke.io/managed-certificates"] = "bandvote"
+
+
+def break_frontend_config(objs):
+    _find(objs, "Ingress", "bandvote")["metadata"]["annotations"]["networking.gke.io/v1beta1.FrontendConfig"] = "bandvote"
+
+
+def break_backend_config(objs):
+    annotations = _find(objs, "Service", "ingest-http")["metadata"]["annotations"]
+    annotations["cloud.google.com/backend-config"] = '{"ports": {"http": "ingest-health"}}'
+
+
+def break_backend_config_port(objs):
+    annotations = _find(objs, "Service", "ingest-grpc")["metadata"]["annotations"]
+    annotations["cloud.google.com/backend-config"] = '{"ports": {"htp": "ingest-serving-health"}}'
+
+
 def break_probe_port(objs):
     _container(objs, "ingest-wasm", "producer")["readinessProbe"]["httpGet"]["port"] = "http"
 
@@ -211,6 +234,10 @@ BREAKS = {
     "trigger authentication": (break_trigger_authentication, "authenticationRef TriggerAuthentication consumer-kafka does not exist"),
     "trigger authentication secret": (break_trigger_authentication_secret, "has no key KAFKA_PASSWORD"),
     "kafka user password secret": (break_kafka_user_secret, "the password's Secret kafka-ingest does not exist"),
+    "managed certificate": (break_managed_certificate, "ManagedCertificate bandvote does not exist"),
+    "frontend config": (break_frontend_config, "FrontendConfig bandvote does not exist"),
+    "backend config": (break_backend_config, "BackendConfig ingest-health does not exist"),
+    "backend config port": (break_backend_config_port, "the Service has no port htp"),
 }
 
 
@@ -244,6 +271,16 @@ def test_a_custom_resource_that_breaks_its_crd_is_reported(rendered, crds):
     policy = _find(objects, "HealthCheckPolicy", "ingest-grpc-health")
     policy["spec"]["default"]["config"]["httpHealthCheck"]["port"] = 0
     assert any("port" in e for e in crd_errors(policy, crds))
+    certificate = _find(objects, "ManagedCertificate", "bandvote-ingress")
+    certificate["spec"]["domains"] = ["*.bandas.gt"]
+    assert any("domains.0" in e for e in crd_errors(certificate, crds))
+    certificate["spec"] = {"domain": "votos.bandas.gt"}
+    assert any("domain" in e for e in crd_errors(certificate, crds))
+    frontend = _find(objects, "FrontendConfig", "bandvote-ingress")
+    frontend["spec"]["redirectToHttps"]["enabled"] = "yes"
+    assert any("enabled" in e for e in crd_errors(frontend, crds))
+    frontend["spec"] = {"redirectToHTTPS": {"enabled": True}}
+    assert any("redirectToHTTPS" in e for e in crd_errors(frontend, crds))
     scaler = _find(objects, "ScaledObject", "consumer")
     scaler["spec"]["maxReplicaCount"] = "five"
     scaler["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 10000

@@ -1,4 +1,4 @@
-module bandvote/dev/backendconfig-crd
+module bandvote/dev/ingress-gce-crds
 
 go 1.26.8
 
