@@ -30,6 +30,7 @@ use std::{
 };
 
 use bandvote_domain::VoteEvent;
+use futures::FutureExt as _;
 use rdkafka::{
     ClientContext, Message, Statistics, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
@@ -58,6 +59,15 @@ pub struct Record {
 struct LogBatch {
     votes: Vec<LoggedVote>,
     next_offsets: BTreeMap<i32, i64>,
+}
+
+impl LogBatch {
+    /// Appends the batch counted after this one: its votes, and its next offsets, which replace
+    /// this one's as storing the two one after the other would.
+    fn merge(&mut self, later: LogBatch) {
+        self.votes.extend(later.votes);
+        self.next_offsets.extend(later.next_offsets);
+    }
 }
 
 /// Logs rebalances, publishes consumer lag from librdkafka's statistics and the number of assigned
@@ -138,6 +148,7 @@ impl Pipeline {
         let writer_stop = CancellationToken::new();
         let writer = tokio::spawn(log_writer(
             pending,
+            self.batching.max_votes.max(1),
             self.log.clone(),
             self.consumer.clone(),
             self.topic.clone(),
@@ -435,7 +446,11 @@ enum Resume {
     Start(i64),
 }
 
-/// Waits for the first record, then takes what arrives within `max_wait`, up to `max_votes`.
+/// Waits for the first record, then takes the records Kafka has already brought to this consumer,
+/// up to `max_votes` and for at most `max_wait`, never waiting for more: a batch closes as soon as
+/// nothing more is there. At a low rate a vote is counted as soon as it is read; at a high rate
+/// the fetched records are already there and batches fill; when counting falls behind, records
+/// pile up meanwhile and the next batch is larger, so batches grow with the load by themselves.
 async fn next_batch(consumer: &StreamConsumer<Context>, batching: Batching) -> Vec<Record> {
     let mut records = Vec::new();
     let first = match consumer.recv().await {
@@ -448,15 +463,15 @@ async fn next_batch(consumer: &StreamConsumer<Context>, batching: Batching) -> V
     };
     records.push(copy(&first));
     drop(first);
-    let deadline = tokio::time::Instant::now() + batching.max_wait;
-    while records.len() < batching.max_votes {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) => records.push(copy(&message)),
-            Ok(Err(err)) => {
+    let deadline = Instant::now() + batching.max_wait;
+    while records.len() < batching.max_votes && Instant::now() < deadline {
+        match consumer.recv().now_or_never() {
+            Some(Ok(message)) => records.push(copy(&message)),
+            Some(Err(err)) => {
                 tracing::warn!(error = %err, "kafka receive failed");
                 break;
             }
-            Err(_) => break,
+            None => break,
         }
     }
     records
@@ -471,15 +486,22 @@ fn copy(message: &impl Message) -> Record {
     }
 }
 
-/// Logs counted batches in order and stores their offsets once they are logged.
+/// Logs counted batches in order and stores their offsets once they are logged. Batches that
+/// queued up while the last write ran are written together, up to `max_votes` at once: small
+/// batches at a low rate do not cost one write each when the log store is the slower stage.
 async fn log_writer(
     mut pending: mpsc::Receiver<LogBatch>,
+    max_votes: usize,
     log: LogStore,
     consumer: Arc<StreamConsumer<Context>>,
     topic: String,
     stop: CancellationToken,
 ) {
-    while let Some(batch) = pending.recv().await {
+    while let Some(mut batch) = pending.recv().await {
+        while batch.votes.len() < max_votes {
+            let Ok(next) = pending.try_recv() else { break };
+            batch.merge(next);
+        }
         let started = Instant::now();
         let Some(inserted) = retry("mongodb", &stop, || log.insert(&batch.votes)).await else { return };
         metrics::histogram!("bandvote_consumer_mongo_write_seconds").record(started.elapsed().as_secs_f64());
