@@ -5,8 +5,9 @@ pins; each runtime stage has every shared library the binaries built here load. 
 shown to fail on a Dockerfile broken on purpose. Each cargo, ldd and dpkg call has a timeout, so
 the module stays within a few seconds (about 5 here) to a few minutes at worst.
 
-Not covered: a real `docker build` (docs/DEPLOY.md step 4 and cloudrun/ run it), which alone shows
-that the base images, apt, crates.io and npm answer as assumed here."""
+Not covered: running the steps (`dev/image-steps` does, for the console's build stage, and
+test_k8s_image_steps.py shows it fails without a package), and a real `docker build`
+(docs/DEPLOY.md step 4 and cloudrun/ run it) for everything else."""
 
 from __future__ import annotations
 
