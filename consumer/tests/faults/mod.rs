@@ -336,8 +336,11 @@ async fn a_redis_too_small_for_the_resend_window_evicts_resend_memory_and_never_
     assert!(evicted > 0, "Redis had to evict: {:?}", (&stats["used_memory_peak"], &stats["evicted_keys"]));
     let used: u64 = stats["used_memory"].parse().expect("used_memory");
     assert!(used <= MAXMEMORY, "Redis stays under its maxmemory: {used} bytes");
-    // Between two evictions Redis may pass the limit by what one counting step adds.
-    assert!(most <= MAXMEMORY + 256 * 1024, "Redis used at most {most} bytes during the run");
+    // Between two evictions Redis may pass the limit by what one counting step adds: its votes,
+    // and, when a re-send hash outgrows its table, the doubled table (16 bytes per entry of the
+    // largest hash: 100 000 votes over 6 partitions, about 17 000 entries, so up to about
+    // 0.5 MiB). Without eviction the run would need twice the limit.
+    assert!(most <= MAXMEMORY + 1024 * 1024, "Redis used at most {most} bytes during the run");
     let shortest = wait_for("a partition's re-send window to show the eviction", Duration::from_secs(10), || async {
         let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
             .await
