@@ -477,3 +477,12 @@ def kafka_trigger_errors(where: str, metadata: dict, workload: dict | None, kafk
         if metadata.get("consumerGroup") not in groups:
             errors.append(f"{where}: consumerGroup {metadata.get('consumerGroup')} is not the KAFKA_GROUP of {workload['metadata']['name']} ({sorted(groups)})")
     return errors
+
+
+def assert_break_reported(objects: list[dict], mutate, check, expected: str) -> None:
+    """A rule's check passes on a copy of `objects`, and reports `expected` once `mutate` broke it."""
+    objects = copy.deepcopy(objects)
+    assert not check(objects)
+    mutate(objects)
+    errors = check(objects)
+    assert any(expected in e for e in errors), f"expected an error containing {expected!r}, got {errors}"
