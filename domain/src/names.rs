@@ -212,11 +212,13 @@ impl MongoNames {
 
     /// The indexes of the vote log: (name, keys in order, descending?). Newest first is
     /// `received_at` descending with `_id` as the tie-breaker; the filters lead with their field.
+    /// `logged_order` lets the tallies read only the votes logged since their last computation.
     pub const INDEXES: &'static [(&'static str, &'static [(&'static str, i32)])] = &[
         ("newest_first", &[("received_at", -1), ("_id", -1)]),
         ("band_newest_first", &[("name", 1), ("received_at", -1), ("_id", -1)]),
         ("album_newest_first", &[("name", 1), ("album", 1), ("received_at", -1), ("_id", -1)]),
         ("route_newest_first", &[("route", 1), ("received_at", -1), ("_id", -1)]),
+        ("logged_order", &[("logged_at", 1)]),
     ];
 
     pub fn new(database: impl Into<String>) -> Self {

@@ -51,9 +51,17 @@ pub struct Config {
     #[arg(long = "query-timeout", env = "QUERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub query_timeout: Duration,
     /// How often each tally is recomputed in the background (at least 100 ms apart): an answer
-    /// is at most this old, plus its query's time.
+    /// is about this old at most (each computation starts that much before the interval is up).
     #[arg(long = "tally-cache", env = "TALLY_CACHE", value_name = "TALLY_CACHE", default_value = "2s", value_parser = parse_duration)]
     pub tally_interval: Duration,
+    /// How long after its `logged_at` a vote is surely readable in the log (the consumer's write
+    /// has ended): the unfiltered tally keeps the groups of older votes and reads only the newer
+    /// ones each time. A vote written later than this is counted by the next recount.
+    #[arg(long = "tally-settle", env = "TALLY_SETTLE", default_value = "5s", value_parser = parse_duration)]
+    pub tally_settle: Duration,
+    /// How often the unfiltered tally counts the whole log again, in the background.
+    #[arg(long = "tally-recount", env = "TALLY_RECOUNT", default_value = "60s", value_parser = parse_duration)]
+    pub tally_recount: Duration,
     /// Longest a request waits for the first tally of a filter nobody asked for recently before
     /// the API answers 503 `tally_pending`.
     #[arg(long = "tally-wait", env = "TALLY_WAIT", default_value = "1s", value_parser = parse_duration)]
@@ -107,6 +115,8 @@ impl LogsApi {
             interval: config.tally_interval,
             wait: config.tally_wait,
             query_timeout: config.background_query_timeout,
+            settle: config.tally_settle,
+            recount: config.tally_recount,
         };
         let tallies = TallyRefresher::start(store.clone(), settings, background);
         let router = http::router(store, tallies, http::Limits { max_page_size: config.max_page_size });

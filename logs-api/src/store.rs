@@ -352,17 +352,17 @@ impl VoteStore {
         Ok(found)
     }
 
-    /// Counts per (band, album, route) by aggregation over the whole filtered log, each query
-    /// within `limit`. The background refresher ([`crate::tally`]) is its only caller.
-    pub async fn count(&self, filter: &Filter, limit: Duration) -> Result<Vec<TallyGroup>, StoreError> {
+    /// Counts per (band, album, route) by aggregation over the filtered log's `logged` votes, each
+    /// query within `limit`. The background refreshers ([`crate::tally`]) are its only callers.
+    pub async fn count(&self, filter: &Filter, logged: Logged, limit: Duration) -> Result<Vec<TallyGroup>, StoreError> {
         let accumulators = [("votes", doc! {"$sum": 1}), ("rank_sum", doc! {"$sum": "$rank"})];
         let documents = if self.one_accumulator_per_group(limit).await? {
-            let [votes, rank_sums] = accumulators.map(|one| self.group(filter, [one], limit));
+            let [votes, rank_sums] = accumulators.map(|one| self.group(filter, logged, [one], limit));
             let (mut votes, rank_sums) = tokio::try_join!(votes, rank_sums)?;
             votes.extend(rank_sums);
             votes
         } else {
-            self.group(filter, accumulators, limit).await?
+            self.group(filter, logged, accumulators, limit).await?
         };
         tally_groups(&documents)
     }
@@ -375,6 +375,7 @@ impl VoteStore {
     async fn group<const N: usize>(
         &self,
         filter: &Filter,
+        logged: Logged,
         accumulators: [(&str, Document); N],
         limit: Duration,
     ) -> Result<Vec<Document>, StoreError> {
@@ -383,7 +384,10 @@ impl VoteStore {
         group
             .extend(accumulators.into_iter().map(|(name, accumulator)| (name.to_owned(), Bson::Document(accumulator))));
         let mut pipeline = Vec::new();
-        let filter = filter_document(filter);
+        let mut filter = filter_document(filter);
+        if let Some(condition) = logged.condition() {
+            filter.insert("logged_at", condition);
+        }
         if !filter.is_empty() {
             pipeline.push(doc! {"$match": filter});
         }
@@ -423,6 +427,36 @@ impl VoteStore {
         let result = tokio::time::timeout(left, query).await;
         metrics::histogram!("bandvote_logs_api_query_seconds").record(started.elapsed().as_secs_f64());
         Ok(result.map_err(|_| StoreError::TimedOut(budget))??)
+    }
+}
+
+/// Which votes of the log a tally counts, by when they were logged (`logged_at`, the time the
+/// consumer wrote them, in milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logged {
+    /// Every vote.
+    Any,
+    /// The votes logged before this time, and those with no `logged_at`: a read of the whole log.
+    Before(i64),
+    /// The votes logged at or after `from` (and before `to`, if given): a range of the
+    /// `logged_order` index.
+    Since { from: i64, to: Option<i64> },
+}
+
+impl Logged {
+    /// The condition on `logged_at`, if any.
+    fn condition(self) -> Option<Document> {
+        match self {
+            Logged::Any => None,
+            Logged::Before(at) => Some(doc! {"$not": {"$gte": DateTime::from_millis(at)}}),
+            Logged::Since { from, to } => {
+                let mut range = doc! {"$gte": DateTime::from_millis(from)};
+                if let Some(to) = to {
+                    range.insert("$lt", DateTime::from_millis(to));
+                }
+                Some(range)
+            }
+        }
     }
 }
 

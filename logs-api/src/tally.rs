@@ -8,6 +8,14 @@
 //! more than half of the time. A request answers at once with the latest tally and the time it is
 //! as of; only a request before the first computation waits for it, at most `TALLY_WAIT`.
 //!
+//! The unfiltered groups are not read from the whole log each time ([`Incremental`]): the groups
+//! of the votes logged more than `TALLY_SETTLE` ago are kept, and each computation reads only the
+//! votes logged since (a range of the `logged_order` index), so its cost follows the logging rate,
+//! not the log's size. A vote whose write ends more than `TALLY_SETTLE` after its `logged_at`
+//! (a stalled log store, a consumer's clock behind this instance's) is missed by that reading;
+//! every `TALLY_RECOUNT` the whole log is counted again in the background and replaces the kept
+//! groups, and what it corrected is counted in `bandvote_logs_api_tally_corrections_total`.
+//!
 //! Only when the whole log has more groups than [`MAX_TALLY_GROUPS`](crate::store::MAX_TALLY_GROUPS)
 //! (the unfiltered tally says so) does a filter get its own refresher and query, from the first
 //! request that asks for it until it has not been asked for in [`FILTER_IDLE`] (or longer
@@ -17,19 +25,19 @@
 //! only read what the refreshers wrote.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
 use bandvote_domain::LogTallies;
 use mongodb::bson::DateTime;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     query::Filter,
-    store::{StoreError, TallyGroup, VoteStore, fold_groups, rfc3339_millis},
+    store::{Logged, MAX_TALLY_GROUPS, StoreError, TallyGroup, VoteStore, fold_groups, rfc3339_millis},
 };
 
 /// How many filtered tallies with their own refresher (only when the whole log has too many
@@ -52,6 +60,11 @@ pub struct TallySettings {
     pub wait: Duration,
     /// How long one computation may take in MongoDB.
     pub query_timeout: Duration,
+    /// How long after its `logged_at` a vote is surely readable in the log: the unfiltered
+    /// tally keeps the groups of the votes logged before that and reads only the newer ones.
+    pub settle: Duration,
+    /// How often the unfiltered tally counts the whole log again, in the background.
+    pub recount: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +128,8 @@ impl TallyRefresher {
         settings.interval = settings.interval.max(MIN_INTERVAL);
         let (sender, unfiltered) = watch::channel(Latest::default());
         let inner = Arc::new(Inner { store, settings, unfiltered, filters: Mutex::default(), stop });
-        tokio::spawn(refresh(Arc::downgrade(&inner), Filter::default(), None, sender, inner.stop.clone()));
+        let counting = Counting::Incremental(Incremental::new(inner.stop.clone()));
+        tokio::spawn(refresh(Arc::downgrade(&inner), counting, None, sender, inner.stop.clone()));
         TallyRefresher { inner }
     }
 
@@ -157,7 +171,7 @@ impl TallyRefresher {
             Tracked { serial, latest: latest.clone(), last_asked: Instant::now(), stop: stop.clone() },
         );
         metrics::gauge!("bandvote_logs_api_tally_filters").set(filters.tracked.len() as f64);
-        tokio::spawn(refresh(Arc::downgrade(&self.inner), filter.clone(), Some(serial), sender, stop));
+        tokio::spawn(refresh(Arc::downgrade(&self.inner), Counting::Whole(filter.clone()), Some(serial), sender, stop));
         latest
     }
 
@@ -198,16 +212,193 @@ async fn answer(mut latest: watch::Receiver<Latest>, wait: Duration, filter: Fil
     }
 }
 
+/// How a refresher computes its tally's groups.
+enum Counting {
+    /// From the whole log, each time: a filter's own tally.
+    Whole(Filter),
+    /// From the votes logged since the last computation: the unfiltered tally.
+    Incremental(Incremental),
+}
+
+impl Counting {
+    fn filter(&self) -> Filter {
+        match self {
+            Counting::Whole(filter) => filter.clone(),
+            Counting::Incremental(_) => Filter::default(),
+        }
+    }
+
+    /// The groups, with the time they are as of.
+    async fn next(&mut self, store: &VoteStore, settings: &TallySettings) -> Result<Computed, StoreError> {
+        match self {
+            Counting::Whole(filter) => {
+                let as_of = DateTime::now();
+                let groups = store.count(filter, Logged::Any, settings.query_timeout).await?;
+                Ok(Computed { as_of, groups })
+            }
+            Counting::Incremental(incremental) => incremental.next(store, settings).await,
+        }
+    }
+}
+
+/// Groups by (band, album, route).
+type Groups = BTreeMap<[String; 3], TallyGroup>;
+
+fn add(groups: &mut Groups, more: Vec<TallyGroup>) {
+    for group in more {
+        let key = [group.name.clone(), group.album.clone(), group.route.clone()];
+        let kept = groups.entry(key).or_insert_with(|| TallyGroup { votes: 0, rank_sum: 0.0, ..group.clone() });
+        kept.votes += group.votes;
+        kept.rank_sum += group.rank_sum;
+    }
+}
+
+fn groups_of(found: Vec<TallyGroup>) -> Groups {
+    let mut groups = Groups::new();
+    add(&mut groups, found);
+    groups
+}
+
+/// How many votes two sets of groups disagree on, group by group.
+fn difference(kept: &Groups, counted: &Groups) -> u64 {
+    let votes = |groups: &Groups, key: &[String; 3]| groups.get(key).map_or(0, |group| group.votes);
+    kept.keys()
+        .chain(counted.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|key| votes(kept, key).abs_diff(votes(counted, key)))
+        .sum()
+}
+
+/// The groups of every vote logged before `below_ms` (or with no `logged_at`).
+struct Settled {
+    groups: Groups,
+    below_ms: i64,
+}
+
+/// A recount of the whole log up to a `logged_at`, running in the background.
+struct Recount {
+    below_ms: i64,
+    done: oneshot::Receiver<Result<Vec<TallyGroup>, StoreError>>,
+}
+
+/// The unfiltered tally, kept from the votes logged since the last computation.
+struct Incremental {
+    settled: Option<Settled>,
+    recount: Option<Recount>,
+    last_recount: Instant,
+    stop: CancellationToken,
+}
+
+impl Incremental {
+    fn new(stop: CancellationToken) -> Self {
+        Incremental { settled: None, recount: None, last_recount: Instant::now(), stop }
+    }
+
+    async fn next(&mut self, store: &VoteStore, settings: &TallySettings) -> Result<Computed, StoreError> {
+        let limit = settings.query_timeout;
+        let settle_ms = settings.settle.as_millis() as i64;
+        let all = Filter::default();
+        self.take_recount(store, limit).await;
+        let settled = match &mut self.settled {
+            Some(settled) => settled,
+            empty => {
+                let below_ms = DateTime::now().timestamp_millis() - settle_ms;
+                let groups = groups_of(store.count(&all, Logged::Before(below_ms), limit).await?);
+                self.last_recount = Instant::now();
+                empty.insert(Settled { groups, below_ms })
+            }
+        };
+        let now_ms = DateTime::now().timestamp_millis();
+        if now_ms - settle_ms > settled.below_ms {
+            let range = Logged::Since { from: settled.below_ms, to: Some(now_ms - settle_ms) };
+            add(&mut settled.groups, store.count(&all, range, limit).await?);
+            settled.below_ms = now_ms - settle_ms;
+        }
+        let as_of = DateTime::now();
+        let mut groups = settled.groups.clone();
+        add(&mut groups, store.count(&all, Logged::Since { from: settled.below_ms, to: None }, limit).await?);
+        if groups.len() > MAX_TALLY_GROUPS {
+            self.settled = None;
+            return Err(StoreError::TooManyGroups);
+        }
+        let below_ms = settled.below_ms;
+        if self.recount.is_none() && self.last_recount.elapsed() >= settings.recount {
+            self.start_recount(store, below_ms, limit);
+        }
+        Ok(Computed { as_of, groups: groups.into_values().collect() })
+    }
+
+    fn start_recount(&mut self, store: &VoteStore, below_ms: i64, limit: Duration) {
+        let (sender, done) = oneshot::channel();
+        let (store, stop) = (store.clone(), self.stop.clone());
+        tokio::spawn(async move {
+            let all = Filter::default();
+            tokio::select! {
+                () = stop.cancelled() => {}
+                result = store.count(&all, Logged::Before(below_ms), limit) => { let _ = sender.send(result); }
+            }
+        });
+        self.recount = Some(Recount { below_ms, done });
+        self.last_recount = Instant::now();
+    }
+
+    /// Replaces the settled groups with a finished recount's, brought up to their `below_ms`.
+    async fn take_recount(&mut self, store: &VoteStore, limit: Duration) {
+        let Some(recount) = &mut self.recount else { return };
+        let counted = match recount.done.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => return,
+            Err(oneshot::error::TryRecvError::Closed) => Err(None),
+            Ok(result) => result.map_err(Some),
+        };
+        let recounted_below = recount.below_ms;
+        self.recount = None;
+        metrics::counter!("bandvote_logs_api_tally_recounts_total", "outcome" => if counted.is_ok() { "ok" } else { "error" }).increment(1);
+        let Some(settled) = &mut self.settled else { return };
+        let mut counted = match counted {
+            Ok(found) => groups_of(found),
+            Err(Some(StoreError::TooManyGroups)) => {
+                self.settled = None;
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = ?err, "the tally's recount failed; keeping the counted groups");
+                return;
+            }
+        };
+        if settled.below_ms > recounted_below {
+            let since = Logged::Since { from: recounted_below, to: Some(settled.below_ms) };
+            match store.count(&Filter::default(), since, limit).await {
+                Ok(found) => add(&mut counted, found),
+                Err(err) => {
+                    tracing::warn!(error = %err, "the tally's recount could not be brought up to date; keeping the counted groups");
+                    return;
+                }
+            }
+        }
+        let corrected = difference(&settled.groups, &counted);
+        if corrected > 0 {
+            tracing::warn!(
+                corrected,
+                "the recount of the whole log differs from the tally kept since: votes logged later than TALLY_SETTLE after their logged_at; the recount's groups replace it"
+            );
+        }
+        metrics::counter!("bandvote_logs_api_tally_corrections_total").increment(corrected);
+        settled.groups = counted;
+    }
+}
+
 /// The refresher of one tally: computes it, publishes it, waits for the rest of the interval, and
 /// again, until stopped (or, for a filtered tally, until nobody asks for it).
 async fn refresh(
     inner: Weak<Inner>,
-    filter: Filter,
+    mut counting: Counting,
     serial: Option<u64>,
     sender: watch::Sender<Latest>,
     stop: CancellationToken,
 ) {
     let unfiltered = serial.is_none();
+    let filter = counting.filter();
     loop {
         let Some(refresher) = inner.upgrade().map(|inner| TallyRefresher { inner }) else { return };
         if let Some(serial) = serial
@@ -218,16 +409,15 @@ async fn refresh(
         let (store, settings) = (refresher.inner.store.clone(), refresher.inner.settings);
         drop(refresher);
         let started = Instant::now();
-        let as_of = DateTime::now();
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = store.count(&filter, settings.query_timeout) => result,
+            result = counting.next(&store, &settings) => result,
         };
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("bandvote_logs_api_tally_refreshes_total", "outcome" => outcome).increment(1);
         sender.send_modify(|latest| match result {
-            Ok(groups) => {
-                latest.computed = Some(Arc::new(Computed { as_of, groups }));
+            Ok(computed) => {
+                latest.computed = Some(Arc::new(computed));
                 latest.failed = None;
             }
             Err(err) => {
@@ -239,9 +429,10 @@ async fn refresh(
         if unfiltered {
             record_age(&sender.borrow());
         }
-        // At least the interval from start to start, and at least as long a pause as the
-        // computation took.
-        let next = started + settings.interval.max(2 * started.elapsed());
+        // The next tally published about one interval after this one's time (the computation is
+        // started that much earlier), and at least as long a pause as the computation took.
+        let took = started.elapsed();
+        let next = started + settings.interval.saturating_sub(took).max(2 * took);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(next.into()) => {}

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bandvote_consumer::log_store::{LogStore, LoggedVote};
+use bandvote_consumer::log_store::{self, LogStore, LoggedVote};
 use bandvote_domain::{Ballot, MongoNames, Refused, Route, VoteEvent, VoteId};
 use bandvote_logs_api::store::MAX_TALLY_GROUPS;
 use bandvote_testkit::{Services, VoteLog, read_tallies, unique, vote, wait_for};
@@ -105,6 +105,10 @@ async fn start_api(mongodb_uri: &str, database: &str, stop: &CancellationToken, 
     ];
     if !extra.iter().any(|arg| arg.starts_with("--tally-cache=")) {
         args.push("--tally-cache=200ms".into());
+    }
+    // Votes settle soon, so that the tallies' kept groups grow while a test runs.
+    if !extra.iter().any(|arg| arg.starts_with("--tally-settle=")) {
+        args.push("--tally-settle=300ms".into());
     }
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     let config = bandvote_logs_api::Config::parse_from(args);
@@ -401,6 +405,17 @@ impl SeededLog {
 
     /// Logs, for each (vote_id, n, ballot, received_at_ms), that ballot as the `n`-th vote.
     async fn log_ballots(&mut self, votes: impl IntoIterator<Item = (String, usize, Value, i64)>, refusing: bool) {
+        let logged = self.votes(votes, refusing);
+        let count = logged.len() as u64;
+        assert_eq!(self.store.insert(&logged).await.expect("the votes are logged"), count);
+    }
+
+    /// The votes [`SeededLog::log_ballots`] would log.
+    fn votes(
+        &mut self,
+        votes: impl IntoIterator<Item = (String, usize, Value, i64)>,
+        refusing: bool,
+    ) -> Vec<LoggedVote> {
         let mut logged = Vec::new();
         for (vote_id, n, ballot, received_at_ms) in votes {
             let ballot = Ballot::from_json(&ballot).expect("a valid ballot");
@@ -417,8 +432,7 @@ impl SeededLog {
                 refused: (refusing && n % 13 == 0).then_some(Refused::LimitReached),
             });
         }
-        let count = logged.len() as u64;
-        assert_eq!(self.store.insert(&logged).await.expect("the votes are logged"), count);
+        logged
     }
 
     /// The vote ids of `filter`'s votes by the unbounded "newest first" sort, straight from the driver.
@@ -583,6 +597,50 @@ async fn tallies_are_answered_at_once_and_refreshed_in_the_background() {
     for name in ["bandvote_logs_api_tally_age_seconds", "bandvote_logs_api_tally_refreshes_total"] {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }
+    stop.cancel();
+    log.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vote_written_after_it_settled_is_counted_by_the_next_recount() {
+    let mut log = SeededLog::create("logs-recount").await;
+    let now = now_ms();
+    log.log((0..10).map(|n| (format!("r-{n:04}"), n, now - n as i64)), false).await;
+    let stop = CancellationToken::new();
+    let api = start_api(&log.uri, &log.database, &stop, &["--tally-settle=1s", "--tally-recount=6s"]).await;
+    let client = reqwest::Client::new();
+    let (status, first) = get(&client, api, "/tallies").await;
+    assert_eq!((status, &first["total"]), (200, &json!(10)), "{first}");
+
+    // A write that ends a minute after its `logged_at`: the tally has long kept the groups of
+    // that time, and reads only what was logged since.
+    let (band, album, year, rank) = vote(3);
+    let ballot = json!({"name": band, "album": album, "year": year, "rank": rank});
+    let late = log.votes([("r-late".to_owned(), 3, ballot, now_ms())], false);
+    let document = log_store::document(&late[0], DateTime::from_millis(now_ms() - 60_000));
+    log.store.votes().insert_one(document).await.expect("the late vote is written");
+    let written = now_ms();
+
+    // Missed by the reading of what is new (the fault is the one meant) ...
+    let missed = wait_for("a tally as of after the late write", Duration::from_secs(3), || async {
+        let (status, tallies) = get(&client, api, "/tallies").await;
+        if status == 200 && as_of(&tallies) > written { Ok(tallies) } else { Err(format!("{status} {tallies}")) }
+    })
+    .await;
+    assert_eq!(missed["total"], 10, "the late vote is not in the new votes' range: {missed}");
+    // ... and counted once the whole log is counted again.
+    let recounted = wait_for("the recount to count the late vote", Duration::from_secs(20), || async {
+        let (status, tallies) = get(&client, api, "/tallies").await;
+        if status == 200 && tallies["total"] == 11 { Ok(tallies) } else { Err(format!("{status} {tallies}")) }
+    })
+    .await;
+    let tallied = |tallies: &Value| {
+        tallies["bands"].as_array().unwrap().iter().find(|b| b["name"] == band).unwrap()["votes"].clone()
+    };
+    assert_eq!(tallied(&recounted), json!(tallied(&first).as_u64().unwrap() + 1), "{first} then {recounted}");
+    let metrics = client.get(format!("http://{api}/metrics")).send().await.unwrap().text().await.unwrap();
+    let corrections = metrics.lines().find(|line| line.starts_with("bandvote_logs_api_tally_corrections_total"));
+    assert_eq!(corrections.and_then(|line| line.split_whitespace().last()), Some("1"), "{metrics}");
     stop.cancel();
     log.drop().await;
 }
