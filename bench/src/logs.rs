@@ -37,7 +37,7 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use bandvote_consumer::log_store::{LogStore, LoggedVote};
+use bandvote_consumer::log_store::{KafkaVote, LogStore};
 use bandvote_domain::{LogTallies, MongoNames, VotePage};
 use bandvote_ops::config::parse_duration;
 use bandvote_testkit::servers::{Kind, PrivateServer, free_port};
@@ -93,6 +93,10 @@ pub struct LogsConfig {
     /// Longest measuring window per checkpoint.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// How long the writer logs alone before each window opens, so that the window reads a log
+    /// fed at the writer's rate rather than one the seeding just filled (`0s`: right after it).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub lead_in: Duration,
     /// Most requests per checkpoint.
     #[arg(long, default_value_t = 4000)]
     pub requests: u64,
@@ -266,15 +270,15 @@ struct Votes {
 
 impl Votes {
     /// Seeded vote `n`, accepted at its place in the history.
-    fn seeded(&self, n: u64) -> LoggedVote {
+    fn seeded(&self, n: u64) -> KafkaVote {
         let mut event = crate::peers::event("seed", n);
         event.received_at_ms = self.origin_ms + (n as f64 * 1000.0 / self.rate) as i64;
-        LoggedVote { event, partition: (n % 6) as i32, offset: (n / 6) as i64, refused: None }
+        KafkaVote { event, partition: (n % 6) as i32, offset: (n / 6) as i64, refused: None }
     }
 
     /// The writer's vote `n`, accepted now.
-    fn live(n: u64) -> LoggedVote {
-        LoggedVote {
+    fn live(n: u64) -> KafkaVote {
+        KafkaVote {
             event: crate::peers::event("live", n),
             partition: (n % 6) as i32,
             offset: (n / 6) as i64,
@@ -315,7 +319,7 @@ async fn write(
         }
         let n = (due - written).min(batch * 5);
         let first = next.fetch_add(n, Ordering::Relaxed);
-        let votes: Vec<LoggedVote> = (first..first + n).map(Votes::live).collect();
+        let votes: Vec<KafkaVote> = (first..first + n).map(Votes::live).collect();
         logged.started.fetch_add(n, Ordering::Relaxed);
         match store.insert(&votes).await {
             Ok(_) => logged.done.fetch_add(n, Ordering::Relaxed),
@@ -565,7 +569,7 @@ pub async fn run(config: &LogsConfig) -> anyhow::Result<LogsReport> {
         let seed_from = seeded;
         while logged.done.load(Ordering::Relaxed) < point && run_started.elapsed() < config.deadline {
             let n = (point - logged.done.load(Ordering::Relaxed)).min(SEED_BATCH as u64);
-            let votes: Vec<LoggedVote> = (seeded..seeded + n).map(|k| history.seeded(k)).collect();
+            let votes: Vec<KafkaVote> = (seeded..seeded + n).map(|k| history.seeded(k)).collect();
             logged.started.fetch_add(n, Ordering::Relaxed);
             store.insert(&votes).await.context("seeding the log")?;
             logged.done.fetch_add(n, Ordering::Relaxed);
@@ -582,18 +586,22 @@ pub async fn run(config: &LogsConfig) -> anyhow::Result<LogsReport> {
         }
         eprintln!("logs: {votes_at_start} votes logged; measuring for up to {:?}", config.duration);
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let writing_started = Instant::now();
         let writer = tokio::spawn(write(store.clone(), config.rate, live_next.clone(), logged.clone(), stopped));
+        tokio::time::sleep(config.lead_in).await;
+        let votes_at_start = logged.done.load(Ordering::Relaxed);
         reader.tally_age_ms.store(0, Ordering::Relaxed);
         let window_started = Instant::now();
         let queries = read_window(&reader, &kinds, config).await;
         let window = window_started.elapsed();
         let _ = stop.send(true);
         let (written, writer_errors) = writer.await?;
+        let writing = writing_started.elapsed();
         report.checkpoints.push(Checkpoint {
             votes_at_start,
             votes_at_end: logged.done.load(Ordering::Relaxed),
             seed_per_s,
-            writer_per_s: written as f64 / window.as_secs_f64().max(1e-9),
+            writer_per_s: written as f64 / writing.as_secs_f64().max(1e-9),
             writer_errors,
             window,
             queries,

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use bandvote_consumer::log_store::{self, LogStore, LoggedVote};
+use bandvote_consumer::log_store::{self, KafkaVote, LogStore};
 use bandvote_domain::{Ballot, MongoNames, Route, VoteEvent, ballot::BallotInput};
 use mongodb::bson::DateTime;
 use rdkafka::{
@@ -182,7 +182,7 @@ pub async fn insert_many(uri: &str, database: &str, run: &str, count: u64, batch
     let documents: Vec<_> = (0..count)
         .map(|n| {
             let vote =
-                LoggedVote { event: event(run, n), partition: (n % 6) as i32, offset: (n / 6) as i64, refused: None };
+                KafkaVote { event: event(run, n), partition: (n % 6) as i32, offset: (n / 6) as i64, refused: None };
             log_store::document(&vote, logged_at)
         })
         .collect();

@@ -8,13 +8,10 @@ use std::{
     time::Duration,
 };
 
-use bandvote_domain::{
-    Ballot, RedisKeys, Refused, Route, VoteEvent,
-    ballot::{BallotInput, VoteId},
-};
+use bandvote_domain::{LogDocument, RedisKeys, VoteEvent};
 use bandvote_ops::config::KafkaArgs;
 use futures::TryStreamExt;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{self, Bson, Document, doc};
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -22,7 +19,7 @@ use rdkafka::{
 use redis::aio::ConnectionManager;
 
 use crate::{
-    log_store::{LogStore, LoggedVote},
+    log_store::{KafkaVote, LogStore},
     rebuild::{RebuildSettings, Rebuilt},
     tally::Tally,
 };
@@ -45,7 +42,7 @@ pub struct Counts {
 
 impl Counts {
     /// Adds a logged vote: to the tallies when it was counted, to `refused` when it was not.
-    pub fn add_logged(&mut self, vote: &LoggedVote) {
+    pub fn add_logged(&mut self, vote: &KafkaVote) {
         match vote.refused {
             None => self.add(&vote.event),
             Some(reason) => *self.refused.entry(reason.code().to_owned()).or_default() += 1,
@@ -153,22 +150,19 @@ pub struct LogReader {
 
 impl LogReader {
     pub async fn open(log: &LogStore) -> mongodb::error::Result<Self> {
-        let cursor = log.votes().find(doc! {}).projection(Self::projection()).batch_size(5000).await?;
+        let cursor = Self::documents(log).find(doc! {}).batch_size(5000).await?;
         Ok(LogReader { cursor })
     }
 
     /// The same, sorted by `_id` (the order of the certified result's digest).
     pub async fn open_sorted(log: &LogStore) -> mongodb::error::Result<Self> {
-        let cursor =
-            log.votes().find(doc! {}).projection(Self::projection()).sort(doc! {"_id": 1}).batch_size(5000).await?;
+        let cursor = Self::documents(log).find(doc! {}).sort(doc! {"_id": 1}).batch_size(5000).await?;
         Ok(LogReader { cursor })
     }
 
-    fn projection() -> Document {
-        doc! {
-            "vote_id": 1, "name": 1, "album": 1, "year": 1, "rank": 1, "voter_id": 1, "route": 1,
-            "received_at": 1, "kafka": 1, "status": 1, "reason": 1,
-        }
+    /// The log as plain documents: one that is not a [`LogDocument`] is reported, not fatal.
+    fn documents(log: &LogStore) -> mongodb::Collection<Document> {
+        log.votes().clone_with_type()
     }
 
     /// The next logged vote, or the `_id` of a document that is not a valid vote and why.
@@ -177,40 +171,14 @@ impl LogReader {
     }
 
     /// The next logged vote with the Kafka record it was read from.
-    pub async fn next_logged(&mut self) -> mongodb::error::Result<Option<Result<LoggedVote, (String, String)>>> {
+    pub async fn next_logged(&mut self) -> mongodb::error::Result<Option<Result<KafkaVote, (String, String)>>> {
         Ok(self.cursor.try_next().await?.map(|document| {
-            let kafka = document.get_document("kafka").ok();
-            let position = |field: &str| kafka.and_then(|k| k.get(field)).and_then(Bson::as_i64_or_i32);
-            let event = event_from_document(&document).map_err(|why| (id_of(&document), why))?;
-            let refused = match (document.get_str("status"), document.get_str("reason")) {
-                (Ok("refused"), Ok(reason)) => match Refused::from_code(reason) {
-                    Some(reason) => Some(reason),
-                    None => return Err((id_of(&document), format!("reason {reason:?} is not a refusal"))),
-                },
-                (Ok("refused"), _) => return Err((id_of(&document), "a refused vote has no reason".to_owned())),
-                _ => None,
-            };
-            match (position("partition"), position("offset")) {
-                (Some(partition), Some(offset)) => {
-                    Ok(LoggedVote { event, partition: partition as i32, offset, refused })
-                }
-                _ => Err((id_of(&document), "kafka.partition or kafka.offset is missing".to_owned())),
-            }
+            let unreadable = |why: String| (id_of(&document), why);
+            let logged: LogDocument = bson::from_document(document.clone()).map_err(|e| unreadable(e.to_string()))?;
+            let event = logged.event().map_err(unreadable)?;
+            let refused = logged.refused().map_err(unreadable)?;
+            Ok(KafkaVote { event, partition: logged.kafka.partition, offset: logged.kafka.offset, refused })
         }))
-    }
-}
-
-trait AsInteger {
-    fn as_i64_or_i32(&self) -> Option<i64>;
-}
-
-impl AsInteger for Bson {
-    fn as_i64_or_i32(&self) -> Option<i64> {
-        match self {
-            Bson::Int32(n) => Some(i64::from(*n)),
-            Bson::Int64(n) => Some(*n),
-            _ => None,
-        }
     }
 }
 
@@ -239,38 +207,6 @@ fn id_of(document: &Document) -> String {
         Some(other) => other.to_string(),
         None => "(no _id)".to_owned(),
     }
-}
-
-/// Rebuilds the vote event a log document was written from, with the same checks as a request.
-pub fn event_from_document(document: &Document) -> Result<VoteEvent, String> {
-    let text = |field: &str| match document.get(field) {
-        Some(Bson::String(s)) => Ok(serde_json::Value::String(s.clone())),
-        Some(Bson::Int32(n)) => Ok((*n).into()),
-        Some(Bson::Int64(n)) => Ok((*n).into()),
-        Some(Bson::Double(n)) => Ok(serde_json::Value::from(*n)),
-        None | Some(Bson::Null) => Ok(serde_json::Value::Null),
-        Some(other) => Err(format!("{field} is a {:?}", other.element_type())),
-    };
-    let vote = serde_json::json!({
-        "name": text("name")?, "album": text("album")?, "year": text("year")?, "rank": text("rank")?,
-        "voter_id": text("voter_id")?,
-    });
-    let ballot = BallotInput::from_json(&vote).and_then(|input| Ballot::parse(&input)).map_err(|e| e.to_string())?;
-    // Documents name the vote id apart from `_id`, which is scoped by the voter.
-    let vote_id = match document.get_str("vote_id") {
-        Ok(id) => VoteId::parse(id).map_err(|e| format!("vote_id: {e}"))?,
-        Err(_) => VoteId::parse(&id_of(document)).map_err(|e| format!("_id: {e}"))?,
-    };
-    let route = match document.get_str("route") {
-        Ok("grpc") => Route::Grpc,
-        Ok("http") => Route::Http,
-        Ok("wasm") => Route::Wasm,
-        Ok(other) => return Err(format!("route {other:?} is not one of grpc, http, wasm")),
-        Err(_) => return Err("route is missing".to_owned()),
-    };
-    let received_at_ms =
-        document.get_datetime("received_at").map_err(|_| "received_at is not a date".to_owned())?.timestamp_millis();
-    Ok(VoteEvent { vote_id, ballot, route, received_at_ms })
 }
 
 /// Reads the tallies from Redis in one transaction, so they are from one moment.

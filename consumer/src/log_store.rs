@@ -5,7 +5,7 @@
 //! `_id` index with a duplicate-key error, which is the expected outcome of a redelivery and is
 //! treated as success; any other error fails the batch, which is then retried whole.
 
-use bandvote_domain::{MongoNames, Refused, VoteEvent, VoteStatus};
+use bandvote_domain::{KafkaPosition, LogDocument, MongoNames, Refused, VoteEvent};
 use mongodb::{
     Client, Collection, IndexModel,
     bson::{DateTime, Document, doc},
@@ -18,16 +18,16 @@ const DUPLICATE_KEY: i32 = 11000;
 /// MongoDB's "namespace not found" error code.
 const NAMESPACE_NOT_FOUND: i32 = 26;
 
-/// A vote with where it was read from Kafka, and why it was refused, if it was.
+/// A vote with the Kafka record it was read from, and why it was refused, if it was.
 #[derive(Debug, Clone)]
-pub struct LoggedVote {
+pub struct KafkaVote {
     pub event: VoteEvent,
     pub partition: i32,
     pub offset: i64,
     pub refused: Option<Refused>,
 }
 
-impl LoggedVote {
+impl KafkaVote {
     /// The document's `_id`: the vote's [log id](VoteEvent::log_id), except for a vote refused as a
     /// `vote_id_conflict`, which is another vote than the one the id stands for: its id is followed
     /// by `~` and its content's fingerprint, so that both are in the log.
@@ -46,7 +46,7 @@ impl LoggedVote {
 #[derive(Clone)]
 pub struct LogStore {
     client: Client,
-    votes: Collection<Document>,
+    votes: Collection<LogDocument>,
 }
 
 impl LogStore {
@@ -87,7 +87,7 @@ impl LogStore {
     }
 
     /// Inserts a batch; returns how many votes were new.
-    pub async fn insert(&self, votes: &[LoggedVote]) -> mongodb::error::Result<u64> {
+    pub async fn insert(&self, votes: &[KafkaVote]) -> mongodb::error::Result<u64> {
         if votes.is_empty() {
             return Ok(0);
         }
@@ -107,7 +107,7 @@ impl LogStore {
     }
 
     /// The vote log collection.
-    pub fn votes(&self) -> &Collection<Document> {
+    pub fn votes(&self) -> &Collection<LogDocument> {
         &self.votes
     }
 
@@ -122,30 +122,71 @@ impl LogStore {
 }
 
 /// The log document of a vote, as [`LogStore::insert`] writes it.
-pub fn document(vote: &LoggedVote, logged_at: DateTime) -> Document {
-    let event = &vote.event;
-    let ballot = &event.ballot;
-    let mut document = doc! {
-        "_id": vote.document_id(),
-        "vote_id": event.vote_id.as_str(),
-        "name": &ballot.band,
-        "album": &ballot.album,
-        "year": ballot.year.get(),
-        "rank": ballot.rank.get(),
-        "route": event.route.as_str(),
-        "received_at": DateTime::from_millis(event.received_at_ms),
-        "kafka": { "partition": vote.partition, "offset": vote.offset },
-        "logged_at": logged_at,
-    };
-    if let Some(voter_id) = &ballot.voter_id {
-        document.insert("voter_id", voter_id);
-    }
-    match vote.refused {
-        None => document.insert("status", VoteStatus::Counted.as_str()),
-        Some(reason) => {
-            document.insert("status", VoteStatus::Refused.as_str());
-            document.insert("reason", reason.code())
+pub fn document(vote: &KafkaVote, logged_at: DateTime) -> LogDocument {
+    let kafka = KafkaPosition { partition: vote.partition, offset: vote.offset };
+    LogDocument::new(vote.document_id(), &vote.event, kafka, vote.refused, logged_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use bandvote_domain::{Ballot, Route, VoteId, VoteStatus};
+    use mongodb::bson;
+
+    use super::*;
+
+    fn vote(voter_id: Option<&str>, refused: Option<Refused>) -> KafkaVote {
+        let mut ballot = serde_json::json!({"name": "Alux Nahual", "album": "Conquista", "year": 1987, "rank": 9.5});
+        if let Some(voter_id) = voter_id {
+            ballot["voter_id"] = voter_id.into();
         }
-    };
-    document
+        let event = VoteEvent {
+            vote_id: VoteId::parse("0190f5a0-0000-7000-8000-000000000001").unwrap(),
+            ballot: Ballot::from_json(&ballot).unwrap(),
+            route: Route::Grpc,
+            received_at_ms: 1_764_201_600_007,
+        };
+        KafkaVote { event, partition: 2, offset: 41, refused }
+    }
+
+    #[test]
+    fn a_logged_vote_reads_back_as_the_event_it_was_written_from() {
+        for original in [vote(None, None), vote(Some("dpi-1"), Some(Refused::LimitReached))] {
+            let logged_at = DateTime::from_millis(1_764_201_600_100);
+            let written = bson::to_document(&document(&original, logged_at)).unwrap();
+            let read: LogDocument = bson::from_document(written.clone()).unwrap();
+            assert_eq!(read.event().unwrap(), original.event, "{written}");
+            assert_eq!(read.refused().unwrap(), original.refused, "{written}");
+            assert_eq!((read.kafka.partition, read.kafka.offset), (2, 41));
+            assert_eq!(read.id, original.document_id());
+            // The fields the indexes, the filters and older readers name.
+            assert_eq!(written.get_datetime("received_at").unwrap().timestamp_millis(), 1_764_201_600_007);
+            assert_eq!(written.get_datetime("logged_at").unwrap(), &logged_at);
+            assert_eq!(written.get_str("route").unwrap(), "grpc");
+            assert_eq!(written.get_i32("year").unwrap(), 1987);
+            assert_eq!(written.get_str("status").unwrap(), read.status.as_str());
+            assert_eq!(written.contains_key("voter_id"), original.event.ballot.voter_id.is_some());
+            assert_eq!(written.contains_key("reason"), original.refused.is_some());
+        }
+    }
+
+    #[test]
+    fn a_conflicting_vote_is_logged_beside_the_one_its_id_stands_for() {
+        let conflict = vote(None, Some(Refused::VoteIdConflict));
+        let logged = document(&conflict, DateTime::now());
+        assert_eq!(logged.status, VoteStatus::Refused);
+        assert!(logged.id.starts_with(&format!("{}~", conflict.event.log_id())), "{}", logged.id);
+        assert_eq!(logged.vote_id.as_deref(), Some(conflict.event.vote_id.as_str()));
+    }
+
+    #[test]
+    fn a_document_that_no_request_could_have_made_says_why() {
+        let mut bad = document(&vote(None, None), DateTime::now());
+        bad.rank = 250.0;
+        assert!(bad.event().unwrap_err().contains("rank"), "{:?}", bad.event());
+        let mut refused = document(&vote(None, Some(Refused::LimitReached)), DateTime::now());
+        refused.reason = Some("because".into());
+        assert!(refused.refused().unwrap_err().contains("because"));
+        refused.reason = None;
+        assert_eq!(refused.refused().unwrap_err(), "a refused vote has no reason");
+    }
 }

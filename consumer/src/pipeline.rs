@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     dead_letter::DeadLetters,
-    log_store::{LogStore, LoggedVote},
+    log_store::{KafkaVote, LogStore},
     tally::{Applied, Decision, Origin, PartitionBatch, Tally},
 };
 
@@ -57,7 +57,7 @@ pub struct Record {
 
 /// A counted batch on its way to the log store, with the offsets to store once it is logged.
 struct LogBatch {
-    votes: Vec<LoggedVote>,
+    votes: Vec<KafkaVote>,
     next_offsets: BTreeMap<i32, i64>,
 }
 
@@ -384,7 +384,7 @@ impl Pipeline {
 struct Received {
     first: i64,
     next: i64,
-    votes: Vec<LoggedVote>,
+    votes: Vec<KafkaVote>,
     dead_letters: Vec<i64>,
 }
 
@@ -396,7 +396,7 @@ impl Received {
     /// The votes to log, each with the counting script's decision (`decisions`, in the order of
     /// `votes`): a vote forgotten by the re-send memory was logged long ago and is left out, and
     /// copies of one vote (by document id, across the batch's partitions: `logged`) are logged once.
-    fn into_log(self, decisions: &[Decision], logged: &mut HashSet<String>) -> Vec<LoggedVote> {
+    fn into_log(self, decisions: &[Decision], logged: &mut HashSet<String>) -> Vec<KafkaVote> {
         let mut votes = Vec::with_capacity(self.votes.len());
         for (mut vote, decision) in self.votes.into_iter().zip(decisions) {
             vote.refused = match decision {
@@ -422,7 +422,7 @@ fn split(records: Vec<Record>) -> (BTreeMap<i32, Received>, Vec<(Record, String)
         let received = partitions.entry(record.partition).or_insert_with(|| Received::new(record.offset));
         received.next = record.offset + 1;
         match VoteEvent::decode(record.payload.as_deref()) {
-            Ok(event) => received.votes.push(LoggedVote {
+            Ok(event) => received.votes.push(KafkaVote {
                 event,
                 partition: record.partition,
                 offset: record.offset,

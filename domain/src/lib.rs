@@ -8,12 +8,16 @@
 //! * [`names`] holds every Redis key and MongoDB name, shared by the writer and the readers.
 //! * [`reply`] holds the JSON bodies of the HTTP vote routes, shared by the native and Wasm fronts.
 //! * [`vote_log`] is what readers of the MongoDB vote log see: the logs API's JSON bodies.
+//! * `log_document` (feature `bson`) is the vote log's document itself, written by the consumer
+//!   and read by the audit, the logs API and the tests.
 //!
 //! The crate does no I/O and builds for `wasm32-unknown-unknown`.
 
 pub mod ballot;
 pub mod contest;
 pub mod event;
+#[cfg(feature = "bson")]
+pub mod log_document;
 pub mod names;
 pub mod reply;
 pub mod roster;
@@ -22,6 +26,8 @@ pub mod vote_log;
 pub use ballot::{Ballot, FieldError, Input, InvalidVote, Rank, VoteId, Year};
 pub use contest::{Contest, ContestError, Refused, VoterRule, Window};
 pub use event::{DecodeError, Route, VoteEvent};
+#[cfg(feature = "bson")]
+pub use log_document::LogDocument;
 pub use names::{MongoNames, RedisKeys, ResendWindow};
 pub use roster::{Roster, RosterError};
 pub use vote_log::{

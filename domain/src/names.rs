@@ -192,10 +192,11 @@ impl Default for RedisKeys {
     }
 }
 
-/// The MongoDB vote log: one document per vote, `_id` = `vote_id`.
-///
-/// Fields: `name`, `album`, `year` (int), `rank` (double), `voter_id` (when sent), `route`,
-/// `received_at` (date), `kafka.partition`, `kafka.offset`, `logged_at` (date).
+/// The MongoDB vote log: one document per vote, `_id` = its log id (`vote_id`, or
+/// `<voter_id>/<vote_id>`). The document is `LogDocument` (module `log_document`, feature `bson`):
+/// `name`, `album`, `year` (int), `rank` (double), `voter_id` (when sent), `route`,
+/// `received_at` (date), `kafka.partition`, `kafka.offset`, `status`, `reason` (when refused),
+/// `logged_at` (date).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MongoNames {
     pub database: String,

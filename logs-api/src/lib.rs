@@ -51,13 +51,13 @@ pub struct Config {
     #[arg(long = "query-timeout", env = "QUERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub query_timeout: Duration,
     /// How often each tally is recomputed in the background (at least 100 ms apart): an answer
-    /// is about this old at most (each computation starts that much before the interval is up).
+    /// is about this old at most (each computation starts early enough for that).
     #[arg(long = "tally-cache", env = "TALLY_CACHE", value_name = "TALLY_CACHE", default_value = "2s", value_parser = parse_duration)]
     pub tally_interval: Duration,
     /// How long after its `logged_at` a vote is surely readable in the log (the consumer's write
     /// has ended): the unfiltered tally keeps the groups of older votes and reads only the newer
     /// ones each time. A vote written later than this is counted by the next recount.
-    #[arg(long = "tally-settle", env = "TALLY_SETTLE", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "tally-settle", env = "TALLY_SETTLE", default_value = "2s", value_parser = parse_duration)]
     pub tally_settle: Duration,
     /// How often the unfiltered tally counts the whole log again, in the background.
     #[arg(long = "tally-recount", env = "TALLY_RECOUNT", default_value = "60s", value_parser = parse_duration)]

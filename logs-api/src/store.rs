@@ -22,9 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub(crate) use bandvote_domain::log_document::rfc3339_millis;
 use bandvote_domain::{
-    AlbumTally, BandTally, CertifiedResult, KafkaPosition, LogId, LogTallies, LoggedVote, MongoNames, Route,
-    RouteTally, VotePage, VoteStatus,
+    AlbumTally, BandTally, CertifiedResult, LogDocument, LogId, LogTallies, LoggedVote, MongoNames, Route, RouteTally,
+    VotePage, VoteStatus,
 };
 use futures::TryStreamExt;
 use mongodb::{
@@ -32,7 +33,6 @@ use mongodb::{
     bson::{Bson, DateTime, Document, doc},
     options::ClientOptions,
 };
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::query::{Cursor, Filter, LogQuery};
@@ -73,61 +73,9 @@ pub enum StoreError {
     TooManyGroups,
 }
 
-/// A vote as the consumer logs it (see `MongoNames`).
-#[derive(Debug, Deserialize)]
-struct StoredVote {
-    #[serde(rename = "_id")]
-    id: String,
-    /// Absent in documents written before log ids were scoped by the voter: the `_id` then.
-    vote_id: Option<String>,
-    name: String,
-    album: String,
-    year: i32,
-    rank: f64,
-    route: Route,
-    voter_id: Option<String>,
-    received_at: DateTime,
-    kafka: StoredPosition,
-    #[serde(default)]
-    status: VoteStatus,
-    reason: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StoredPosition {
-    partition: i32,
-    offset: i64,
-}
-
-impl StoredVote {
-    fn into_view(self) -> LoggedVote {
-        LoggedVote {
-            received_at: rfc3339_millis(self.received_at),
-            vote_id: self.vote_id.unwrap_or_else(|| self.id.clone()),
-            id: self.id,
-            name: self.name,
-            album: self.album,
-            year: self.year,
-            rank: self.rank,
-            route: self.route,
-            voter_id: self.voter_id,
-            kafka: KafkaPosition { partition: self.kafka.partition, offset: self.kafka.offset },
-            status: self.status,
-            reason: self.reason,
-        }
-    }
-
-    fn cursor(&self) -> Option<Cursor> {
-        Some(Cursor { received_at_ms: self.received_at.timestamp_millis(), id: LogId::parse(&self.id).ok()? })
-    }
-}
-
-pub(crate) fn rfc3339_millis(at: DateTime) -> String {
-    // bson writes whole seconds without a fraction; the console and the cursor want milliseconds.
-    let millis = at.timestamp_millis().rem_euclid(1000);
-    let seconds = DateTime::from_millis(at.timestamp_millis() - millis);
-    let text = seconds.try_to_rfc3339_string().unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned());
-    format!("{}.{millis:03}Z", text.trim_end_matches('Z'))
+/// The first page's cursor below `vote`.
+fn cursor_below(vote: &LogDocument) -> Option<Cursor> {
+    Some(Cursor { received_at_ms: vote.received_at.timestamp_millis(), id: LogId::parse(&vote.id).ok()? })
 }
 
 #[derive(Clone)]
@@ -180,7 +128,7 @@ impl LogShape {
 
     /// Learns from a latest page (no cursor) that read `wanted` votes or fewer: its newest vote,
     /// and, when it was full and unfiltered, the rate it shows.
-    fn learn(&self, page: &[StoredVote], wanted: usize, unfiltered: bool) {
+    fn learn(&self, page: &[LogDocument], wanted: usize, unfiltered: bool) {
         let (Some(newest), Some(oldest)) = (page.first(), page.last()) else { return };
         let newest_ms = newest.received_at.timestamp_millis();
         self.newest_ms.fetch_max(newest_ms, Ordering::Relaxed);
@@ -251,11 +199,11 @@ impl VoteStore {
         }
         let next_cursor = if stored.len() > query.limit as usize {
             stored.truncate(query.limit as usize);
-            stored.last().and_then(StoredVote::cursor).map(|cursor| cursor.encode())
+            stored.last().and_then(cursor_below).map(|cursor| cursor.encode())
         } else {
             None
         };
-        Ok(VotePage { votes: stored.into_iter().map(StoredVote::into_view).collect(), next_cursor })
+        Ok(VotePage { votes: stored.into_iter().map(LogDocument::into_view).collect(), next_cursor })
     }
 
     /// The first `limit` votes matching `filter`, newest first, within what is left until `deadline`.
@@ -264,14 +212,14 @@ impl VoteStore {
         filter: Document,
         limit: usize,
         deadline: Instant,
-    ) -> Result<Vec<StoredVote>, StoreError> {
+    ) -> Result<Vec<LogDocument>, StoreError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(StoreError::TimedOut(self.timeout));
         }
         self.bounded_for(left, self.timeout, async {
             self.votes
-                .clone_with_type::<StoredVote>()
+                .clone_with_type::<LogDocument>()
                 .find(filter)
                 .sort(doc! {"received_at": -1, "_id": -1})
                 .limit(limit as i64)
@@ -312,10 +260,10 @@ impl VoteStore {
     }
 
     /// The oldest vote (`order` 1) or the newest (-1).
-    async fn end(&self, order: i32, limit: Duration) -> Result<Option<StoredVote>, StoreError> {
+    async fn end(&self, order: i32, limit: Duration) -> Result<Option<LogDocument>, StoreError> {
         self.bounded_for(limit, limit, async {
             self.votes
-                .clone_with_type::<StoredVote>()
+                .clone_with_type::<LogDocument>()
                 .find_one(Document::new())
                 .sort(doc! {"received_at": order, "_id": order})
                 .max_time(limit)
@@ -328,13 +276,13 @@ impl VoteStore {
         let found = self
             .bounded(async {
                 self.votes
-                    .clone_with_type::<StoredVote>()
+                    .clone_with_type::<LogDocument>()
                     .find_one(doc! {"_id": id.as_str()})
                     .max_time(self.timeout)
                     .await
             })
             .await?;
-        Ok(found.map(StoredVote::into_view))
+        Ok(found.map(LogDocument::into_view))
     }
 
     /// The certified result, once `bandvote-result` has published one.
@@ -727,7 +675,7 @@ mod tests {
 
     #[test]
     fn a_full_latest_page_sizes_the_next_first_slab() {
-        let vote = |ms: i64| StoredVote {
+        let vote = |ms: i64| LogDocument {
             id: format!("v-{ms}"),
             vote_id: None,
             name: "Alux Nahual".into(),
@@ -737,9 +685,10 @@ mod tests {
             route: Route::Http,
             voter_id: None,
             received_at: DateTime::from_millis(ms),
-            kafka: StoredPosition { partition: 0, offset: 0 },
+            kafka: bandvote_domain::KafkaPosition { partition: 0, offset: 0 },
             status: VoteStatus::Counted,
             reason: None,
+            logged_at: None,
         };
         let shape = LogShape::default();
         assert_eq!(shape.walk(Top::Now(10_000)).first_ms, FIRST_SLAB.as_millis() as i64);

@@ -21,8 +21,9 @@
 //! request that asks for it until it has not been asked for in [`FILTER_IDLE`] (or longer
 //! intervals), or until [`MAX_TALLY_FILTERS`] other filters were asked for more recently.
 //!
-//! Invariant: at most one query per tally is in flight, whatever the number of requests: requests
-//! only read what the refreshers wrote.
+//! Invariant: the number of queries in flight does not depend on the number of requests (requests
+//! only read what the refreshers wrote): one per tally, and for the unfiltered one, while a
+//! recount runs, that recount besides.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -429,10 +430,11 @@ async fn refresh(
         if unfiltered {
             record_age(&sender.borrow());
         }
-        // The next tally published about one interval after this one's time (the computation is
-        // started that much earlier), and at least as long a pause as the computation took.
+        // The next computation starts early enough (half as long again as this one took) for its
+        // tally to be out before this one is an interval old, and after at least as long a pause
+        // as this one took.
         let took = started.elapsed();
-        let next = started + settings.interval.saturating_sub(took).max(2 * took);
+        let next = started + settings.interval.saturating_sub(took + took / 2).max(2 * took);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(next.into()) => {}

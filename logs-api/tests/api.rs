@@ -9,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bandvote_consumer::log_store::{self, LogStore, LoggedVote};
-use bandvote_domain::{Ballot, MongoNames, Refused, Route, VoteEvent, VoteId};
+use bandvote_consumer::log_store::{self, KafkaVote, LogStore};
+use bandvote_domain::{Ballot, LogDocument, MongoNames, Refused, Route, VoteEvent, VoteId};
 use bandvote_logs_api::store::MAX_TALLY_GROUPS;
 use bandvote_testkit::{Services, VoteLog, read_tallies, unique, vote, wait_for};
 use clap::Parser;
@@ -415,12 +415,12 @@ impl SeededLog {
         &mut self,
         votes: impl IntoIterator<Item = (String, usize, Value, i64)>,
         refusing: bool,
-    ) -> Vec<LoggedVote> {
+    ) -> Vec<KafkaVote> {
         let mut logged = Vec::new();
         for (vote_id, n, ballot, received_at_ms) in votes {
             let ballot = Ballot::from_json(&ballot).expect("a valid ballot");
             self.offset += 1;
-            logged.push(LoggedVote {
+            logged.push(KafkaVote {
                 event: VoteEvent {
                     vote_id: VoteId::parse(&vote_id).expect("a valid vote id"),
                     ballot,
@@ -437,7 +437,7 @@ impl SeededLog {
 
     /// The vote ids of `filter`'s votes by the unbounded "newest first" sort, straight from the driver.
     async fn newest_first(&self, filter: Document) -> Vec<String> {
-        let documents: Vec<Document> = self
+        let documents: Vec<LogDocument> = self
             .store
             .votes()
             .find(filter)
@@ -447,7 +447,7 @@ impl SeededLog {
             .try_collect()
             .await
             .expect("the votes");
-        documents.iter().map(|d| d.get_str("vote_id").expect("a vote_id").to_owned()).collect()
+        documents.into_iter().map(|d| d.vote_id.expect("a vote_id")).collect()
     }
 
     async fn drop(self) {

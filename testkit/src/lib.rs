@@ -189,14 +189,14 @@ impl VoteLog {
         self.votes.count_documents(doc! {}).await.expect("count the vote log")
     }
 
-    /// Every document, by `_id`.
-    pub async fn all(&self) -> BTreeMap<String, Document> {
+    /// Every document, by `_id`; each must be a vote's log document.
+    pub async fn all(&self) -> BTreeMap<String, bandvote_domain::LogDocument> {
         use futures::StreamExt;
-        let mut cursor = self.votes.find(doc! {}).await.expect("find the vote log");
+        let mut cursor = self.votes.clone_with_type().find(doc! {}).await.expect("find the vote log");
         let mut all = BTreeMap::new();
         while let Some(document) = cursor.next().await {
-            let document = document.expect("a vote document");
-            let id = document.get_str("_id").expect("string _id").to_owned();
+            let document: bandvote_domain::LogDocument = document.expect("a vote's log document");
+            let id = document.id.clone();
             assert!(all.insert(id.clone(), document).is_none(), "vote {id} is logged twice");
         }
         all

@@ -22,6 +22,7 @@ async fn the_read_latency_bench_measures_every_query_at_each_checkpoint() {
         rate: 200.0,
         concurrency: 2,
         duration: Duration::from_secs(2),
+        lead_in: Duration::from_millis(500),
         requests: 16,
         timeout: Duration::from_secs(10),
         deadline: Duration::from_secs(60),

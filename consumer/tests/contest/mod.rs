@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
+use bandvote_domain::VoteStatus;
 use bandvote_proto::{
     confproto::{RequestId, get_info_client::GetInfoClient},
     v1::{Vote, votes_client::VotesClient},
@@ -107,7 +108,7 @@ async fn a_vote_accepted_before_the_close_counts_when_it_is_consumed_after() {
         ids.sort();
         ids
     });
-    assert!(logged.values().all(|d| d.get_str("status") == Ok("counted")), "{logged:?}");
+    assert!(logged.values().all(|d| d.status == VoteStatus::Counted), "{logged:?}");
     consumer.stop().await;
     pipeline.finish().await;
 }
@@ -196,11 +197,11 @@ async fn no_voter_counts_more_than_the_rule_under_two_ingests_and_three_consumer
     let mut counted_per_voter: BTreeMap<String, u64> = BTreeMap::new();
     let mut refused_at_counting = 0;
     for document in logged.values() {
-        let voter = document.get_str("voter_id").expect("a voter").to_owned();
-        match (document.get_str("status"), document.get_str("reason")) {
-            (Ok("counted"), _) => *counted_per_voter.entry(voter).or_default() += 1,
-            (Ok("refused"), Ok("limit_reached")) => refused_at_counting += 1,
-            other => panic!("unexpected log status {other:?}: {document}"),
+        let voter = document.voter_id.clone().expect("a voter");
+        match (document.status, document.reason.as_deref()) {
+            (VoteStatus::Counted, _) => *counted_per_voter.entry(voter).or_default() += 1,
+            (VoteStatus::Refused, Some("limit_reached")) => refused_at_counting += 1,
+            other => panic!("unexpected log status {other:?}: {document:?}"),
         }
     }
     for (voter, votes) in &voters {
@@ -337,22 +338,21 @@ async fn the_certified_result_is_the_log_recounted_with_a_stable_digest_equal_to
     let mut bands: BTreeMap<String, u64> = BTreeMap::new();
     let mut digest = sha2::Sha256::new();
     for (id, document) in &logged {
-        let text = |field: &str| document.get_str(field).unwrap_or("").to_owned();
-        let status = text("status");
-        if status == "counted" {
-            *bands.entry(text("name")).or_default() += 1;
+        let text = |field: &Option<String>| field.clone().unwrap_or_default();
+        let status = document.status.as_str();
+        if document.status == VoteStatus::Counted {
+            *bands.entry(document.name.clone()).or_default() += 1;
         }
-        let received = document.get_datetime("received_at").expect("a date").timestamp_millis();
-        let year = document.get_i32("year").expect("a year");
-        let rank = document.get_f64("rank").expect("a rank");
+        let received = document.received_at.timestamp_millis();
+        let (year, rank) = (document.year, document.rank);
         digest.update(format!(
             "{id}\t{}\t{}\t{}\t{}\t{year}\t{rank}\t{}\t{received}\t{status}\t{}\n",
-            text("vote_id"),
-            text("voter_id"),
-            text("name"),
-            text("album"),
-            text("route"),
-            text("reason"),
+            text(&document.vote_id),
+            text(&document.voter_id),
+            document.name,
+            document.album,
+            document.route.as_str(),
+            text(&document.reason),
         ));
     }
     let recomputed: String = digest.finalize().iter().map(|b| format!("{b:02x}")).collect();

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use bandvote_domain::Route;
 use bandvote_testkit::{BANDS, Services, read_topic, unique, vote};
 use clap::Parser;
 use serde_json::{Value, json};
@@ -189,9 +190,9 @@ async fn the_wasm_route_counts_each_vote_once_as_route_wasm() {
     assert_eq!(tallies, tallies_after, "nothing counted late");
     expected.check(&tallies, &logged);
     for (id, document) in &logged {
-        assert_eq!(document.get_str("route"), Ok("wasm"), "vote {id} is logged as route wasm: {document}");
+        assert_eq!(document.route, Route::Wasm, "vote {id} is logged as route wasm: {document:?}");
     }
-    let rank = logged["wasm-phone-1"].get_f64("rank").expect("a rank");
+    let rank = logged["wasm-phone-1"].rank;
     assert_eq!(rank, 9.5, "the rank crosses both halves unchanged");
 
     drop(front);
