@@ -36,29 +36,29 @@ impl VoteService {
     }
 
     /// Admits a call of about `bytes` (see [`crate::limits`]), charging its client one vote; it
-    /// holds its place until answered. Returns what the client may still spend.
+    /// holds its place until answered. Returns what the client may still spend. A call from this
+    /// host's HTTP front is not admitted again (no place of its own: `None`).
     ///
     /// The client is the peer, or the address `TRUSTED_PROXIES` picks from the `x-forwarded-for`
     /// metadata (Google's proxy in front of the Gateway appends to it as the Ingress's does to the
     /// header). A call from this host's own HTTP front names its client in [`FRONT_CLIENT`]: the
-    /// front admitted and charged the vote already, so it is not charged again. Only a call from
+    /// front admitted and charged the vote already, so it is not admitted again. Only a call from
     /// this host is believed (a loopback peer, or the peer address being the one it connected to):
     /// the front and the server are one process in one pod, and a caller outside the pod cannot
-    /// connect from either address, so nobody else can name a client or skip the charge.
-    fn admit<T>(&self, request: &Request<T>, bytes: usize) -> Result<(Admitted, Budget), Status> {
+    /// connect from either address, so nobody else can name a client or skip the admission.
+    fn admit<T>(&self, request: &Request<T>, bytes: usize) -> Result<(Option<Admitted>, Budget), Status> {
         let peer = request.remote_addr();
         let front_client = request.metadata().get(FRONT_CLIENT).and_then(|v| v.to_str().ok()?.parse().ok());
         if let (Some(peer), Some(client)) = (peer, front_client)
             && from_this_host(peer, request.local_addr())
         {
-            let admitted = self.admission.admit_charged(bytes).map_err(|refusal| refusal.status())?;
-            return Ok((admitted, self.admission.budget(Some(client))));
+            return Ok((None, self.admission.budget(Some(client))));
         }
         let forwarded_for = request.metadata().get_all(X_FORWARDED_FOR);
         let client =
             self.admission.client(peer.map(|addr| addr.ip()), forwarded_for.iter().map(|v| v.as_encoded_bytes()));
         let admitted = self.admission.admit(client, bytes).map_err(|refusal| refusal.status())?;
-        Ok((admitted, self.admission.budget(client)))
+        Ok((Some(admitted), self.admission.budget(client)))
     }
 
     async fn cast_one(&self, input: BallotInput, delivery: Delivery) -> Result<String, Status> {
@@ -158,7 +158,9 @@ impl Votes for VoteService {
         let mut inputs = Vec::new();
         while let Some(vote) = stream.message().await? {
             read += vote.encoded_len();
-            if read > reserved {
+            if read > reserved
+                && let Some(admitted) = admitted.as_mut()
+            {
                 let more = (read - reserved).div_ceil(1024) * 1024;
                 admitted.grow(more).map_err(|refusal| refusal.status())?;
                 reserved += more;

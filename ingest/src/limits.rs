@@ -15,7 +15,8 @@
 //!   the right, since each proxy appends to what the client sent. An IPv4 client is keyed by its
 //!   address, an IPv6 client by its /64 (one subscriber's prefix; an IPv4-mapped address is IPv4).
 //!   A call to the gRPC server from this host's own HTTP front carries the client the front
-//!   admitted ([`FRONT_CLIENT`]) and is not charged twice.
+//!   admitted ([`FRONT_CLIENT`]) and is not admitted again: the front's request holds its place in
+//!   flight and its bytes until the call is answered, and its client was charged once.
 //! * Time: every HTTP vote request ends within `REQUEST_TIMEOUT` (503 `timeout`); gRPC calls get
 //!   the same deadline.
 
@@ -162,11 +163,6 @@ impl Admission {
     /// else is in flight.
     pub fn admit(&self, client: Option<IpAddr>, bytes: usize) -> Result<Admitted, Refusal> {
         self.budget(client).spend(1)?;
-        self.admit_charged(bytes)
-    }
-
-    /// Admits a request whose client was charged already (a vote from this host's HTTP front).
-    pub fn admit_charged(&self, bytes: usize) -> Result<Admitted, Refusal> {
         let request = self
             .in_flight
             .clone()

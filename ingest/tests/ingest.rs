@@ -490,6 +490,20 @@ async fn past_its_in_flight_limit_ingest_refuses_at_once_and_slow_requests_time_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_through_the_grpc_front_takes_one_place_in_flight() {
+    // With one place, the front's request holds it; the gRPC call it makes to its own process
+    // must not need a second one.
+    let ingest = Ingest::start("front-once", &["--max-in-flight=1"]).await;
+    let (band, album) = (BANDS[0].0, BANDS[0].1[0]);
+    let vote = json!({"name": band, "album": album, "year": "1990", "rank": "5"});
+    for _ in 0..3 {
+        let (status, reply) = ingest.post("/grpc/insert", &vote).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    assert_eq!(read_topic(&ingest.brokers, &ingest.topic).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_noop_header_skips_kafka_only_when_noop_routes_are_on() {
     let vote = json!({"name": BANDS[0].0, "album": BANDS[0].1[0], "year": "1990", "rank": "9"});
     let (band, album) = (BANDS[1].0, BANDS[1].1[0]);
