@@ -17,10 +17,7 @@ use std::{
 
 use anyhow::Context as _;
 use bandvote_consumer::tally::{Applied, Origin, PartitionBatch, Rules, Tally};
-use bandvote_domain::{
-    Ballot, RedisKeys, Route, VoteEvent,
-    ballot::{BallotInput, VoteId},
-};
+use bandvote_domain::{Ballot, RedisKeys, Route, VoteEvent, ballot::BallotInput};
 use bandvote_testkit::servers::{Kind, PrivateServer};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -112,7 +109,7 @@ pub async fn run(config: &CountingConfig) -> anyhow::Result<(Vec<Checkpoint>, St
                 ballot.voter_id = Some(format!("voter-{}", number % config.voters));
             }
             let event = VoteEvent {
-                vote_id: VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a vote id"),
+                vote_id: bandvote_domain::front::new_vote_id(),
                 ballot,
                 route: if number.is_multiple_of(2) { Route::Http } else { Route::Grpc },
                 received_at_ms: start_ms + (number as f64 * 1000.0 / config.rate) as i64,

@@ -284,7 +284,7 @@ pub async fn h2load(
     command.args(["--h1", "-n", &requests.to_string(), "-c", &connections.to_string(), "-t", "1"]);
     command.args(["-H", "content-type: application/json"]).arg("-d").arg(&file);
     if noop {
-        command.args(["-H", "x-bandvote-noop: 1"]);
+        command.args(["-H", &format!("{}: 1", bandvote_domain::front::NOOP_HEADER)]);
     }
     command.arg(url);
     let text = tokio::task::spawn_blocking(move || output(&mut command)).await??;

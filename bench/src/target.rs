@@ -245,7 +245,7 @@ impl Sender {
 
 /// The header (gRPC metadata) that asks an ingest started with `NOOP_ROUTES=true` to answer
 /// without Kafka.
-pub const NOOP_HEADER: &str = "x-bandvote-noop";
+pub use bandvote_domain::front::NOOP_HEADER;
 
 fn grpc_request<T>(message: T, noop: bool) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

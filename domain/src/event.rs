@@ -43,6 +43,18 @@ impl Route {
     }
 }
 
+impl std::str::FromStr for Route {
+    type Err = String;
+
+    /// A route by its name (`grpc`, `http` or `wasm`), as events, the log and queries name it.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Route::ALL
+            .into_iter()
+            .find(|route| route.as_str() == name)
+            .ok_or_else(|| format!("must be one of {}, got {name:?}", Route::ALL.map(Route::as_str).join(", ")))
+    }
+}
+
 impl std::fmt::Display for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

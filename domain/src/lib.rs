@@ -5,6 +5,7 @@
 //! * [`contest`] is the contest file: the roster, the voting window and the per-voter rule.
 //! * [`roster`] is the optional list of contest bands and albums that rejects unknown candidates.
 //! * [`event`] is the versioned Kafka event, the one format producer and consumer share.
+//! * [`front`] is the contract of every vote front: the paths, the no-op header, new vote ids.
 //! * [`names`] holds every Redis key and MongoDB name, shared by the writer and the readers.
 //! * [`reply`] holds the JSON bodies of the HTTP vote routes, shared by the native and Wasm fronts.
 //! * [`vote_log`] is what readers of the MongoDB vote log see: the logs API's JSON bodies.
@@ -16,6 +17,7 @@
 pub mod ballot;
 pub mod contest;
 pub mod event;
+pub mod front;
 #[cfg(feature = "bson")]
 pub mod log_document;
 pub mod names;

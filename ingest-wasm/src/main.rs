@@ -21,6 +21,7 @@ mod forward;
 use bandvote_domain::{
     Ballot, InvalidVote, VoteId,
     ballot::BallotInput,
+    front::{VotePath, new_vote_id},
     reply::{self, ErrorReply},
 };
 use serde_json::{Value, json};
@@ -86,10 +87,9 @@ fn endpoint(path: &str) -> Option<Endpoint> {
         Some(rest) if rest.starts_with('/') => rest,
         _ => path,
     };
-    match path {
-        "/votes" | "/rust/send_data" | "/rust" | "/insert" | "/" => Some(Endpoint::Vote),
-        "/votes/batch" => Some(Endpoint::Batch),
-        _ => None,
+    match VotePath::of(path)? {
+        VotePath::One => Some(Endpoint::Vote),
+        VotePath::Batch => Some(Endpoint::Batch),
     }
 }
 
@@ -167,11 +167,6 @@ fn forwarded(ballot: Ballot) -> (Value, VoteId) {
         "voter_id": ballot.voter_id,
     });
     (vote, vote_id)
-}
-
-/// A new time-ordered vote id (UUIDv7), from the host's clock and random source.
-fn new_vote_id() -> VoteId {
-    VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid vote id")
 }
 
 /// Reads the request body, at most `most` bytes, as JSON.

@@ -7,7 +7,9 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use bandvote_domain::{Ballot, Contest, InvalidVote, Refused, Route, VoteEvent, VoteId, Window, ballot::BallotInput};
+use bandvote_domain::{
+    Ballot, Contest, InvalidVote, Refused, Route, VoteEvent, VoteId, Window, ballot::BallotInput, front::new_vote_id,
+};
 
 use crate::{
     publisher::{PublishError, Publisher},
@@ -50,16 +52,11 @@ pub enum BatchError {
     Partial { accepted: Vec<VoteId>, failed: Vec<(usize, VoteId)>, cause: PublishError },
 }
 
-/// The request header (gRPC metadata) that asks for a no-op cast, honoured only when the process
-/// runs with `NOOP_ROUTES=true`: the vote is checked, stamped and encoded as usual, then answered
-/// as accepted without going to Kafka. Benchmarks compare each route with its no-op self.
-pub const NOOP_HEADER: &str = "x-bandvote-noop";
-
 /// Where a cast vote goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     Kafka,
-    /// Nowhere: see [`NOOP_HEADER`].
+    /// Nowhere: see [`NOOP_HEADER`](bandvote_domain::front::NOOP_HEADER).
     NoOp,
 }
 
@@ -87,7 +84,8 @@ impl Caster {
         &self.contest
     }
 
-    /// The delivery for a request that did (or did not) send [`NOOP_HEADER`].
+    /// The delivery for a request that did (or did not) send
+    /// [`NOOP_HEADER`](bandvote_domain::front::NOOP_HEADER).
     pub fn delivery(&self, noop_asked: bool) -> Delivery {
         if noop_asked && self.noop_allowed { Delivery::NoOp } else { Delivery::Kafka }
     }
@@ -231,11 +229,6 @@ pub fn refusal_message(reason: Refused, rule: &str) -> String {
         }
         Refused::VotingClosed => "the vote arrived outside the voting window".to_owned(),
     }
-}
-
-/// A new time-ordered vote id (UUIDv7), for a vote whose client sent none.
-pub fn new_vote_id() -> VoteId {
-    VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid vote id")
 }
 
 /// Gives a ballot its id (the client's, or a new time-ordered one) and its acceptance time.

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use bandvote_domain::{InvalidVote, Refused, Route, ballot::BallotInput};
+use bandvote_domain::{InvalidVote, Refused, Route, ballot::BallotInput, front::NOOP_HEADER};
 use bandvote_proto::{
     confproto::{self, get_info_server::GetInfo},
     v1::{self, votes_server::Votes},
@@ -12,7 +12,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    cast::{BatchError, CastError, Caster, Delivery, NOOP_HEADER, rejected},
+    cast::{BatchError, CastError, Caster, Delivery, rejected},
     limits::{Admission, Admitted, Budget, FRONT_CLIENT, Refusal, X_FORWARDED_FOR},
 };
 

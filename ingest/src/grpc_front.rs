@@ -13,12 +13,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use bandvote_domain::{Ballot, Refused, Route, VoteId, ballot::BallotInput, reply::ErrorReply};
+use bandvote_domain::{Ballot, Refused, Route, VoteId, ballot::BallotInput, front::new_vote_id, reply::ErrorReply};
 use bandvote_proto::v1::{self, votes_client::VotesClient};
 use tonic::{Code, codegen::http::uri::InvalidUri, transport::Channel};
 
 use crate::{
-    cast::{new_vote_id, rejected},
+    cast::rejected,
     grpc::{REFUSAL_CODE, WINDOW_CLOSES, WINDOW_OPENS},
     http::read_json,
     limits::{Client, FRONT_CLIENT},

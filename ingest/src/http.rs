@@ -15,11 +15,16 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use bandvote_domain::{Route, ballot::BallotInput, reply as bodies};
+use bandvote_domain::{
+    Route,
+    ballot::BallotInput,
+    front::{BATCH_PATH, NOOP_HEADER, VOTE_PATHS},
+    reply as bodies,
+};
 use serde_json::Value;
 
 use crate::{
-    cast::{Caster, NOOP_HEADER, rejected},
+    cast::{Caster, rejected},
     limits::{Budget, Refusal},
     reply::{self, ApiError},
 };
@@ -27,9 +32,6 @@ use crate::{
 /// The OpenAPI 3.1 document of the HTTP port: the HTTP route, the `/grpc/insert` front and
 /// `/healthz`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
-
-/// The paths that take one vote: `/votes` and the original clients' paths.
-const VOTE_PATHS: [&str; 5] = ["/votes", "/rust/send_data", "/rust", "/insert", "/"];
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +51,7 @@ struct HttpRoute {
 pub fn router(caster: Caster, limits: Limits) -> Router {
     let router = VOTE_PATHS.into_iter().fold(Router::new(), |router, path| router.route(path, post(cast_one)));
     router
-        .route("/votes/batch", post(cast_batch))
+        .route(BATCH_PATH, post(cast_batch))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .with_state(HttpRoute { caster, limits, route: Route::Http })
 }

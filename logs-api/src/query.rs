@@ -100,12 +100,7 @@ impl Filter {
         }
         let route = params
             .take("route")
-            .map(|text| {
-                Route::ALL.into_iter().find(|route| route.as_str() == text).ok_or_else(|| {
-                    let routes: Vec<_> = Route::ALL.iter().map(|r| r.as_str()).collect();
-                    ParamError::new("route", format!("must be one of {}, got {text:?}", routes.join(", ")))
-                })
-            })
+            .map(|text| text.parse::<Route>().map_err(|why| ParamError::new("route", why)))
             .transpose()?;
         Ok(Filter { band, album, route })
     }

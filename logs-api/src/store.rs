@@ -576,7 +576,7 @@ pub fn fold_groups(groups: &[TallyGroup], filter: &Filter) -> LogTallies {
         let entry = albums.entry((&group.name, &group.album)).or_default();
         entry.0 += group.votes;
         entry.1 += group.rank_sum;
-        if let Some(route) = Route::ALL.into_iter().find(|r| r.as_str() == group.route) {
+        if let Ok(route) = group.route.parse::<Route>() {
             *routes.entry(route).or_default() += group.votes;
         }
     }
