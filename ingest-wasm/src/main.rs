@@ -22,7 +22,7 @@ use bandvote_domain::{
     Ballot, InvalidVote, VoteId,
     ballot::BallotInput,
     front::{VotePath, new_vote_id},
-    reply::{self, ErrorReply},
+    reply::{self, ErrorCode, ErrorReply},
 };
 use serde_json::{Value, json};
 use wstd::http::{Body, BodyExt, Error, HeaderValue, Method, Request, Response, StatusCode};
@@ -113,7 +113,7 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         }),
         (Some(Endpoint::Healthz | Endpoint::Readyz), _) => Err(ErrorReply::method_not_allowed(&method, "GET")),
         (Some(_), _) => Err(ErrorReply::method_not_allowed(&method, "POST with a JSON vote")),
-        (None, _) => Err(ErrorReply::new(404, "not_found", "no such path; votes go to POST /wasm/votes")),
+        (None, _) => Err(ErrorReply::new(ErrorCode::NotFound, "no such path; votes go to POST /wasm/votes")),
     };
     Ok(answer.unwrap_or_else(|refused| json_response(refused.status, &refused.body())))
 }
@@ -177,8 +177,9 @@ async fn read_json(body: Body, most: usize) -> Result<Value, ErrorReply> {
     let mut body = body.into_boxed_body();
     let mut bytes = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|err| ErrorReply::new(400, "bad_request", format!("Failed to buffer the request body: {err}")))?;
+        let frame = frame.map_err(|err| {
+            ErrorReply::new(ErrorCode::BadRequest, format!("Failed to buffer the request body: {err}"))
+        })?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > most {
                 return Err(ErrorReply::body_too_large(reply::BODY_TOO_LARGE));

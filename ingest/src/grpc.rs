@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use bandvote_domain::{InvalidVote, Refused, Route, ballot::BallotInput, front::NOOP_HEADER};
+use bandvote_domain::{InvalidVote, Refused, Route, ballot::BallotInput, front::NOOP_HEADER, reply::ErrorCode};
 use bandvote_proto::{
     confproto::{self, get_info_server::GetInfo},
     v1::{self, votes_server::Votes},
@@ -84,10 +84,11 @@ pub const WINDOW_CLOSES: &str = "x-bandvote-closes";
 /// A refused vote: `ALREADY_EXISTS` for a reused `vote_id`, `FAILED_PRECONDITION` otherwise, with
 /// the code (and the window) in the metadata.
 fn refusal(reason: Refused, message: String, window: Option<&bandvote_domain::Window>) -> Status {
+    let code = tonic::Code::from(ErrorCode::Refused(reason).grpc());
     let mut status = if reason == Refused::VoteIdConflict {
-        Status::already_exists(message)
+        Status::new(code, message)
     } else {
-        Status::failed_precondition(format!("{}: {message}", reason.code()))
+        Status::new(code, format!("{}: {message}", reason.code()))
     };
     let metadata = status.metadata_mut();
     metadata.insert(REFUSAL_CODE, tonic::metadata::MetadataValue::from_static(reason.code()));

@@ -9,11 +9,15 @@ use axum::{
     Extension, Router,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
-    http::StatusCode,
     response::{IntoResponse, Response},
     routing::post,
 };
-use bandvote_domain::{Ballot, Refused, Route, VoteId, ballot::BallotInput, front::new_vote_id, reply::ErrorReply};
+use bandvote_domain::{
+    Ballot, Refused, Route, VoteId,
+    ballot::BallotInput,
+    front::new_vote_id,
+    reply::{ErrorCode, ErrorReply},
+};
 use bandvote_proto::v1::{self, votes_client::VotesClient};
 use tonic::{Code, codegen::http::uri::InvalidUri, transport::Channel};
 
@@ -70,23 +74,20 @@ async fn insert(
         request.metadata_mut().insert(FRONT_CLIENT, value);
     }
     let reply = front.client.clone().cast(request).await.map_err(|status| from_status(status, &vote_id))?;
-    let vote_id = VoteId::parse(&reply.get_ref().vote_id).map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("the gRPC server sent a bad vote id: {e}"))
-    })?;
+    let vote_id = VoteId::parse(&reply.get_ref().vote_id)
+        .map_err(|e| ApiError::new(ErrorCode::UpstreamError, format!("the gRPC server sent a bad vote id: {e}")))?;
     Ok(reply::accepted(&vote_id).into_response())
 }
 
 fn from_status(status: tonic::Status, vote_id: &VoteId) -> ApiError {
     let message = status.message().to_owned();
     match status.code() {
-        Code::InvalidArgument => ApiError::new(StatusCode::BAD_REQUEST, "invalid_vote", message),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the gRPC server did not accept the vote: {message}"),
-        )
-        .with_details(serde_json::json!({ "vote_id": vote_id.as_str() })),
-        Code::ResourceExhausted => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+        Code::InvalidArgument => ApiError::new(ErrorCode::InvalidVote, message),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            ApiError::new(ErrorCode::Unavailable, format!("the gRPC server did not accept the vote: {message}"))
+                .with_details(serde_json::json!({ "vote_id": vote_id.as_str() }))
+        }
+        Code::ResourceExhausted => ApiError::new(ErrorCode::Overloaded, message)
             .with_details(serde_json::json!({ "vote_id": vote_id.as_str() })),
         Code::FailedPrecondition | Code::AlreadyExists => {
             let metadata = status.metadata();
@@ -102,17 +103,9 @@ fn from_status(status: tonic::Status, vote_id: &VoteId) -> ApiError {
                     }
                     ApiError(reply)
                 }
-                None => ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    format!("the gRPC server refused: {message}"),
-                ),
+                None => ApiError::new(ErrorCode::UpstreamError, format!("the gRPC server refused: {message}")),
             }
         }
-        code => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            format!("the gRPC server answered {code:?}: {message}"),
-        ),
+        code => ApiError::new(ErrorCode::UpstreamError, format!("the gRPC server answered {code:?}: {message}")),
     }
 }

@@ -19,7 +19,7 @@ use bandvote_domain::{
     Route,
     ballot::BallotInput,
     front::{BATCH_PATH, NOOP_HEADER, VOTE_PATHS},
-    reply as bodies,
+    reply::{self as bodies, ErrorCode, ErrorReply},
 };
 use serde_json::Value;
 
@@ -126,10 +126,12 @@ pub fn read_json(route: Route, body: Result<Bytes, BytesRejection>) -> Result<Va
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             rejected(route, "too_large", 1);
-            ApiError::new(status, "body_too_large", rejection.body_text())
+            ApiError::new(ErrorCode::BodyTooLarge, rejection.body_text())
         } else {
             rejected(route, "malformed", 1);
-            ApiError::new(status, "bad_request", rejection.body_text())
+            // The rejection's own status (400, or 411, 415 ...), with the code of an unread body.
+            let reply = ErrorReply::new(ErrorCode::BadRequest, rejection.body_text());
+            ApiError(ErrorReply { status: status.as_u16(), ..reply })
         }
     })?;
     bodies::parse_json(&body).map_err(|refused| {

@@ -29,7 +29,7 @@ use std::{
 };
 
 use anyhow::Context;
-use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, serve::ListenerExt as _};
+use axum::{Router, extract::DefaultBodyLimit, serve::ListenerExt as _};
 use bandvote_ops::{
     config::{ContestArgs, KafkaArgs, TelemetryArgs, parse_duration},
     health,
@@ -37,6 +37,8 @@ use bandvote_ops::{
 use bandvote_proto::{confproto::get_info_server::GetInfoServer, v1::votes_server::VotesServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use bandvote_domain::reply::ErrorCode;
 
 use crate::{cast::Caster, grpc::VoteService, publisher::Publisher, reply::ApiError};
 
@@ -251,9 +253,7 @@ impl Ingest {
         let router = router
             // For a load balancer's health check: it asks nothing of Kafka. Readiness is on the ops port.
             .merge(health::healthz())
-            .fallback(|| async {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path; votes go to POST /votes")
-            })
+            .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such path; votes go to POST /votes") })
             .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
                 let takes =
                     if matches!(uri.path(), "/healthz" | "/openapi.json") { "GET" } else { "POST with a JSON vote" };
@@ -274,11 +274,7 @@ impl Ingest {
         });
         let ops_router: Router = health::routes(health::cached(ready, READINESS_FRESH))
             .fallback(|| async {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no such path; this port serves /healthz, /readyz and /metrics",
-                )
+                ApiError::new(ErrorCode::NotFound, "no such path; this port serves /healthz, /readyz and /metrics")
             })
             .method_not_allowed_fallback(|method: axum::http::Method| async move {
                 ApiError(bandvote_domain::reply::ErrorReply::method_not_allowed(method.as_str(), "GET"))

@@ -36,7 +36,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use bandvote_domain::reply::ErrorReply;
+use bandvote_domain::reply::{ErrorCode, ErrorReply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::reply::ApiError;
@@ -74,18 +74,15 @@ impl Refusal {
     pub fn reply(self) -> ErrorReply {
         match self {
             Refusal::Overloaded { what, limit } => ErrorReply::new(
-                503,
-                "overloaded",
+                ErrorCode::Overloaded,
                 format!("ingest is at its limit of {limit} {what} in flight; try again shortly"),
             ),
             Refusal::RateLimited { retry_after } => ErrorReply::new(
-                429,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 format!("too many votes from this client; try again in {} s", retry_seconds(retry_after)),
             ),
             Refusal::OverBurst { burst } => ErrorReply::new(
-                429,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 format!(
                     "this batch holds more votes than the {burst} one client may send at once (RATE_LIMIT_BURST); \
                      send smaller batches"
@@ -104,7 +101,11 @@ impl Refusal {
     }
 
     pub fn status(self) -> tonic::Status {
-        tonic::Status::resource_exhausted(self.reply().message)
+        let code = match self {
+            Refusal::Overloaded { .. } => ErrorCode::Overloaded,
+            Refusal::RateLimited { .. } | Refusal::OverBurst { .. } => ErrorCode::RateLimited,
+        };
+        tonic::Status::new(tonic::Code::from(code.grpc()), self.reply().message)
     }
 
     fn retry_after(self) -> Option<Duration> {
@@ -323,8 +324,7 @@ pub async fn admit_http(State(admission): State<Admission>, mut request: Request
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError(ErrorReply::new(
-            503,
-            "timeout",
+            ErrorCode::Timeout,
             format!("the request did not finish within {timeout:?}; if it carried a vote_id, re-sending it is safe"),
         ))
         .into_response(),

@@ -3,7 +3,10 @@
 //! answers with the same ones); errors are mapped to a status once, here.
 
 use axum::Json;
-use bandvote_domain::{Refused, VoteId, reply::ErrorReply};
+use bandvote_domain::{
+    Refused, VoteId,
+    reply::{ErrorCode, ErrorReply},
+};
 pub use bandvote_ops::reply::ApiError;
 use serde_json::{Value, json};
 
@@ -33,8 +36,8 @@ impl From<BatchError> for ApiError {
             BatchError::Refused { refused, .. } => {
                 let votes: Vec<Value> =
                     refused.iter().map(|(index, reason)| json!({"index": index, "code": reason.code()})).collect();
-                let status = if refused.iter().all(|(_, r)| *r == Refused::VotingClosed) { 403 } else { 409 };
-                ApiError(ErrorReply::new(status, "refused", message)).with_details(json!({ "votes": votes }))
+                let all_closed = refused.iter().all(|(_, r)| *r == Refused::VotingClosed);
+                ApiError::new(ErrorCode::BatchRefused { all_closed }, message).with_details(json!({ "votes": votes }))
             }
             BatchError::Partial { accepted, failed, .. } => {
                 let failed: Vec<Value> =

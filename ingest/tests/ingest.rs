@@ -417,7 +417,9 @@ async fn a_client_over_its_rate_gets_429_others_do_not_and_only_accepted_votes_r
     assert_eq!(statuses, [200, 200, 200, 429, 429], "{greedy:?}");
     let (_, refused, retry) = &greedy[3];
     assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
-    assert_eq!(retry.as_deref(), Some("2"), "one token comes back every 2 s");
+    // One token comes back every 2 s: the wait is at most 2 s, less the time the votes took.
+    let retry: Option<u64> = retry.as_deref().and_then(|seconds| seconds.parse().ok());
+    assert!(retry.is_some_and(|seconds| (1..=2).contains(&seconds)), "Retry-After {retry:?}");
     let other = votes_from(&ingest, "203.0.113.7, 198.51.100.1", 1).await;
     assert_eq!(other[0].0, 200, "another client has its own budget: {other:?}");
 

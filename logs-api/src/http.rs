@@ -7,11 +7,11 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::{Path, RawQuery, State},
-    http::{StatusCode, header},
+    http::header,
     response::IntoResponse,
     routing::get,
 };
-use bandvote_domain::{LogId, LogTallies, LoggedVote, VotePage, vote_log::CertifiedResult};
+use bandvote_domain::{LogId, LogTallies, LoggedVote, VotePage, reply::ErrorCode, vote_log::CertifiedResult};
 use bandvote_ops::{health, reply::ApiError};
 use serde_json::json;
 
@@ -51,9 +51,9 @@ pub fn router(store: VoteStore, refresher: TallyRefresher, limits: Limits) -> Ro
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .with_state(AppState { store, tallies: refresher, limits })
         .merge(health::routes(ready))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path; see GET /openapi.json") })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such path; see GET /openapi.json") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "the logs API only reads: use GET")
+            ApiError::new(ErrorCode::MethodNotAllowed, "the logs API only reads: use GET")
         })
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
@@ -89,8 +89,7 @@ async fn one(
     match state.store.one(&vote_id).await.map_err(unavailable)? {
         Some(vote) => Ok(Json(vote)),
         None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("no vote {:?} in the log (yet: a vote is logged a moment after it is accepted)", vote_id.as_str()),
         )),
     }
@@ -101,9 +100,7 @@ async fn tallies(State(state): State<AppState>, RawQuery(query): RawQuery) -> Re
     let filter = Filter::parse(query.as_deref()).map_err(invalid)?;
     match state.tallies.get(&filter).await {
         Ok(answer) => Ok(Json(answer)),
-        Err(err @ TallyError::Pending(_)) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tally_pending", err.to_string()))
-        }
+        Err(err @ TallyError::Pending(_)) => Err(ApiError::new(ErrorCode::TallyPending, err.to_string())),
         Err(TallyError::Store(err)) => Err(store_error(&err)),
     }
 }
@@ -112,15 +109,14 @@ async fn result(State(state): State<AppState>) -> Result<Json<CertifiedResult>, 
     match state.store.result().await.map_err(unavailable)? {
         Some(result) => Ok(Json(result)),
         None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             "no certified result yet: `bandvote-result` publishes it at the close (or on demand)",
         )),
     }
 }
 
 fn invalid(err: ParamError) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", err.to_string())
+    ApiError::new(ErrorCode::InvalidParameter, err.to_string())
         .with_details(json!({"parameter": err.parameter, "problem": err.problem}))
 }
 
@@ -132,11 +128,7 @@ fn unavailable(err: StoreError) -> ApiError {
 
 fn store_error(err: &StoreError) -> ApiError {
     match err {
-        StoreError::TooManyGroups => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_groups", err.to_string())
-        }
-        StoreError::TimedOut(_) | StoreError::Unavailable(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", err.to_string())
-        }
+        StoreError::TooManyGroups => ApiError::new(ErrorCode::TooManyGroups, err.to_string()),
+        StoreError::TimedOut(_) | StoreError::Unavailable(_) => ApiError::new(ErrorCode::Unavailable, err.to_string()),
     }
 }

@@ -7,15 +7,18 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use bandvote_domain::{InvalidVote, reply::ErrorReply};
+use bandvote_domain::{
+    InvalidVote,
+    reply::{ErrorCode, ErrorReply},
+};
 use serde_json::Value;
 
 #[derive(Debug)]
 pub struct ApiError(pub ErrorReply);
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError(ErrorReply::new(status.as_u16(), code, message))
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError(ErrorReply::new(code, message))
     }
 
     /// 400 `malformed_json`: the body is not JSON, or not the shape the path takes.
