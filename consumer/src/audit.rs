@@ -11,7 +11,7 @@ use std::{
 use bandvote_domain::{LogDocument, RedisKeys, VoteEvent};
 use bandvote_ops::config::KafkaArgs;
 use futures::TryStreamExt;
-use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::bson::{self, Bson, RawBsonRef, RawDocument, RawDocumentBuf, doc};
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -145,7 +145,7 @@ impl LogCount {
 
 /// Reads the vote log document by document, in `_id` order.
 pub struct LogReader {
-    cursor: mongodb::Cursor<Document>,
+    cursor: mongodb::Cursor<RawDocumentBuf>,
 }
 
 impl LogReader {
@@ -160,8 +160,8 @@ impl LogReader {
         Ok(LogReader { cursor })
     }
 
-    /// The log as plain documents: one that is not a [`LogDocument`] is reported, not fatal.
-    fn documents(log: &LogStore) -> mongodb::Collection<Document> {
+    /// The log as raw documents: one that is not a [`LogDocument`] is reported, not fatal.
+    fn documents(log: &LogStore) -> mongodb::Collection<RawDocumentBuf> {
         log.votes().clone_with_type()
     }
 
@@ -174,7 +174,7 @@ impl LogReader {
     pub async fn next_logged(&mut self) -> mongodb::error::Result<Option<Result<KafkaVote, (String, String)>>> {
         Ok(self.cursor.try_next().await?.map(|document| {
             let unreadable = |why: String| (id_of(&document), why);
-            let logged: LogDocument = bson::from_document(document.clone()).map_err(|e| unreadable(e.to_string()))?;
+            let logged: LogDocument = bson::from_slice(document.as_bytes()).map_err(|e| unreadable(e.to_string()))?;
             let event = logged.event().map_err(unreadable)?;
             let refused = logged.refused().map_err(unreadable)?;
             Ok(KafkaVote { event, partition: logged.kafka.partition, offset: logged.kafka.offset, refused })
@@ -201,11 +201,13 @@ pub async fn count_log(log: &LogStore) -> mongodb::error::Result<LogCount> {
     Ok(found)
 }
 
-fn id_of(document: &Document) -> String {
+fn id_of(document: &RawDocument) -> String {
     match document.get("_id") {
-        Some(Bson::String(id)) => id.clone(),
-        Some(other) => other.to_string(),
-        None => "(no _id)".to_owned(),
+        Ok(Some(RawBsonRef::String(id))) => id.to_owned(),
+        Ok(Some(other)) => {
+            Bson::try_from(other.to_raw_bson()).map_or_else(|_| format!("{other:?}"), |id| id.to_string())
+        }
+        Ok(None) | Err(_) => "(no _id)".to_owned(),
     }
 }
 
@@ -504,4 +506,19 @@ pub async fn run(config: &AuditConfig) -> anyhow::Result<Report> {
         report.kafka = Some(replay);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_document_is_named_by_its_id_whatever_its_type() {
+        let raw = |document: bson::Document| RawDocumentBuf::from_document(&document).expect("a document");
+        assert_eq!(id_of(&raw(doc! {"_id": "phone:502/v-1", "name": 7})), "phone:502/v-1");
+        assert_eq!(id_of(&raw(doc! {"_id": 42_i32})), "42");
+        assert_eq!(id_of(&raw(doc! {"name": "no id"})), "(no _id)");
+        let unreadable: Result<LogDocument, _> = bson::from_slice(raw(doc! {"_id": "v-1", "name": 7}).as_bytes());
+        assert!(unreadable.is_err(), "a document that is not a vote's is not read as one");
+    }
 }

@@ -84,12 +84,8 @@ pub const WINDOW_CLOSES: &str = "x-bandvote-closes";
 /// A refused vote: `ALREADY_EXISTS` for a reused `vote_id`, `FAILED_PRECONDITION` otherwise, with
 /// the code (and the window) in the metadata.
 fn refusal(reason: Refused, message: String, window: Option<&bandvote_domain::Window>) -> Status {
-    let code = tonic::Code::from(ErrorCode::Refused(reason).grpc());
-    let mut status = if reason == Refused::VoteIdConflict {
-        Status::new(code, message)
-    } else {
-        Status::new(code, format!("{}: {message}", reason.code()))
-    };
+    let message = if reason == Refused::VoteIdConflict { message } else { format!("{}: {message}", reason.code()) };
+    let mut status = Status::new(tonic::Code::from(ErrorCode::Refused(reason).grpc()), message);
     let metadata = status.metadata_mut();
     metadata.insert(REFUSAL_CODE, tonic::metadata::MetadataValue::from_static(reason.code()));
     let times = window.map(|w| [(WINDOW_OPENS, &w.opens), (WINDOW_CLOSES, &w.closes)]).into_iter().flatten();

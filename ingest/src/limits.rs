@@ -71,24 +71,27 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn reply(self) -> ErrorReply {
+    fn code(self) -> ErrorCode {
         match self {
-            Refusal::Overloaded { what, limit } => ErrorReply::new(
-                ErrorCode::Overloaded,
-                format!("ingest is at its limit of {limit} {what} in flight; try again shortly"),
-            ),
-            Refusal::RateLimited { retry_after } => ErrorReply::new(
-                ErrorCode::RateLimited,
-                format!("too many votes from this client; try again in {} s", retry_seconds(retry_after)),
-            ),
-            Refusal::OverBurst { burst } => ErrorReply::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "this batch holds more votes than the {burst} one client may send at once (RATE_LIMIT_BURST); \
-                     send smaller batches"
-                ),
-            ),
+            Refusal::Overloaded { .. } => ErrorCode::Overloaded,
+            Refusal::RateLimited { .. } | Refusal::OverBurst { .. } => ErrorCode::RateLimited,
         }
+    }
+
+    pub fn reply(self) -> ErrorReply {
+        let message = match self {
+            Refusal::Overloaded { what, limit } => {
+                format!("ingest is at its limit of {limit} {what} in flight; try again shortly")
+            }
+            Refusal::RateLimited { retry_after } => {
+                format!("too many votes from this client; try again in {} s", retry_seconds(retry_after))
+            }
+            Refusal::OverBurst { burst } => format!(
+                "this batch holds more votes than the {burst} one client may send at once (RATE_LIMIT_BURST); \
+                 send smaller batches"
+            ),
+        };
+        ErrorReply::new(self.code(), message)
     }
 
     /// The HTTP answer: the JSON error, with `Retry-After` when waiting helps.
@@ -101,11 +104,7 @@ impl Refusal {
     }
 
     pub fn status(self) -> tonic::Status {
-        let code = match self {
-            Refusal::Overloaded { .. } => ErrorCode::Overloaded,
-            Refusal::RateLimited { .. } | Refusal::OverBurst { .. } => ErrorCode::RateLimited,
-        };
-        tonic::Status::new(tonic::Code::from(code.grpc()), self.reply().message)
+        tonic::Status::new(tonic::Code::from(self.code().grpc()), self.reply().message)
     }
 
     fn retry_after(self) -> Option<Duration> {

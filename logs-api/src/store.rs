@@ -536,10 +536,28 @@ impl TallyGroup {
     }
 }
 
+/// Groups by (band, album, route).
+pub type Groups = BTreeMap<[String; 3], TallyGroup>;
+
+/// Adds `group`'s votes and rank sum to its (band, album, route) in `groups`.
+pub fn add_group(groups: &mut Groups, group: TallyGroup) {
+    let key = [group.name.clone(), group.album.clone(), group.route.clone()];
+    match groups.entry(key) {
+        std::collections::btree_map::Entry::Occupied(mut kept) => {
+            let kept = kept.get_mut();
+            kept.votes += group.votes;
+            kept.rank_sum += group.rank_sum;
+        }
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(group);
+        }
+    }
+}
+
 /// Reads the aggregation's documents into the counted votes' groups: the refused votes' groups
 /// are dropped, and a group's counts and rank sums, when two aggregations gave them, are joined.
 fn tally_groups(documents: &[Document]) -> Result<Vec<TallyGroup>, StoreError> {
-    let mut groups: BTreeMap<[String; 3], TallyGroup> = BTreeMap::new();
+    let mut groups = Groups::new();
     for document in documents {
         let Ok(key) = document.get_document("_id") else { continue };
         let text = |field: &str| key.get_str(field).unwrap_or_default().to_owned();
@@ -547,16 +565,16 @@ fn tally_groups(documents: &[Document]) -> Result<Vec<TallyGroup>, StoreError> {
         if text("status") == VoteStatus::Refused.as_str() {
             continue;
         }
-        let (name, album, route) = (text("name"), text("album"), text("route"));
-        let group = groups.entry([name.clone(), album.clone(), route.clone()]).or_insert_with(|| TallyGroup {
-            name,
-            album,
-            route,
-            votes: 0,
-            rank_sum: 0.0,
-        });
-        group.votes += number(document.get("votes")) as u64;
-        group.rank_sum += number(document.get("rank_sum"));
+        add_group(
+            &mut groups,
+            TallyGroup {
+                name: text("name"),
+                album: text("album"),
+                route: text("route"),
+                votes: number(document.get("votes")) as u64,
+                rank_sum: number(document.get("rank_sum")),
+            },
+        );
     }
     if groups.len() > MAX_TALLY_GROUPS {
         return Err(StoreError::TooManyGroups);

@@ -26,7 +26,7 @@
 //! recount runs, that recount besides.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
@@ -38,7 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     query::Filter,
-    store::{Logged, MAX_TALLY_GROUPS, StoreError, TallyGroup, VoteStore, fold_groups, rfc3339_millis},
+    store::{
+        Groups, Logged, MAX_TALLY_GROUPS, StoreError, TallyGroup, VoteStore, add_group, fold_groups, rfc3339_millis,
+    },
 };
 
 /// How many filtered tallies with their own refresher (only when the whole log has too many
@@ -242,16 +244,8 @@ impl Counting {
     }
 }
 
-/// Groups by (band, album, route).
-type Groups = BTreeMap<[String; 3], TallyGroup>;
-
 fn add(groups: &mut Groups, more: Vec<TallyGroup>) {
-    for group in more {
-        let key = [group.name.clone(), group.album.clone(), group.route.clone()];
-        let kept = groups.entry(key).or_insert_with(|| TallyGroup { votes: 0, rank_sum: 0.0, ..group.clone() });
-        kept.votes += group.votes;
-        kept.rank_sum += group.rank_sum;
-    }
+    more.into_iter().for_each(|group| add_group(groups, group));
 }
 
 fn groups_of(found: Vec<TallyGroup>) -> Groups {
@@ -265,7 +259,7 @@ fn difference(kept: &Groups, counted: &Groups) -> u64 {
     let votes = |groups: &Groups, key: &[String; 3]| groups.get(key).map_or(0, |group| group.votes);
     kept.keys()
         .chain(counted.keys())
-        .collect::<std::collections::BTreeSet<_>>()
+        .collect::<BTreeSet<_>>()
         .into_iter()
         .map(|key| votes(kept, key).abs_diff(votes(counted, key)))
         .sum()
