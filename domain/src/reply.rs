@@ -145,7 +145,7 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ErrorReply {
     pub status: u16,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Extra members of the `error` object, such as `fields` or `vote_id`.
     pub details: Map<String, Value>,
@@ -154,7 +154,7 @@ pub struct ErrorReply {
 impl ErrorReply {
     /// The reply of `code`, with its status.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorReply { status: code.status(), code: code.code(), message: message.into(), details: Map::new() }
+        ErrorReply { status: code.status(), code, message: message.into(), details: Map::new() }
     }
 
     /// Adds the members of `details` (a JSON object; anything else adds nothing).
@@ -227,7 +227,7 @@ impl ErrorReply {
     /// The reply body: `{"error": {"code", "message", ...details}}`.
     pub fn body(&self) -> Value {
         let mut error = Map::new();
-        error.insert("code".into(), self.code.into());
+        error.insert("code".into(), self.code.code().into());
         error.insert("message".into(), self.message.clone().into());
         error.extend(self.details.clone());
         json!({ "error": error })
@@ -310,9 +310,9 @@ mod tests {
     fn batch_shapes_and_limits() {
         assert_eq!(batch_votes(json!({"votes": [1, 2]}), 2).expect("a batch").len(), 2);
         assert_eq!(batch_votes(json!([]), 2).expect_err("empty").message, "the batch holds no votes");
-        assert_eq!(batch_votes(json!({"ballots": [1]}), 2).expect_err("shape").code, "malformed_json");
+        assert_eq!(batch_votes(json!({"ballots": [1]}), 2).expect_err("shape").code.code(), "malformed_json");
         let too_many = batch_votes(json!([1, 2, 3]), 2).expect_err("too many");
-        assert_eq!((too_many.status, too_many.code), (413, "batch_too_large"));
+        assert_eq!((too_many.status, too_many.code.code()), (413, "batch_too_large"));
         assert_eq!(too_many.message, "a batch may hold at most 2 votes, got 3");
     }
 
@@ -345,7 +345,8 @@ mod tests {
         for code in ErrorCode::EVERY {
             assert!(matches!(code.status(), 400..=599), "{code:?}");
             let reply = ErrorReply::new(code, "m");
-            assert_eq!((reply.status, reply.code), (code.status(), code.code()));
+            assert_eq!((reply.status, reply.code), (code.status(), code));
+            assert_eq!(reply.body()["error"]["code"], code.code());
         }
         assert_eq!(ErrorReply::refused(Refused::VotingClosed, "m").status, 403);
         assert_eq!(ErrorReply::refused(Refused::LimitReached, "m").status, 409);
@@ -365,7 +366,7 @@ mod tests {
     #[test]
     fn not_json_is_malformed() {
         let reply = parse_json(b"{\"name\": \"Alux").expect_err("not JSON");
-        assert_eq!((reply.status, reply.code), (400, "malformed_json"));
+        assert_eq!((reply.status, reply.code.code()), (400, "malformed_json"));
         assert!(reply.message.starts_with("the body is not valid JSON: EOF"), "{}", reply.message);
     }
 }

@@ -9,6 +9,7 @@ use std::{sync::Arc, time::SystemTime};
 
 use bandvote_domain::{
     Ballot, Contest, InvalidVote, Refused, Route, VoteEvent, VoteId, Window, ballot::BallotInput, front::new_vote_id,
+    reply::ErrorCode,
 };
 
 use crate::{
@@ -39,9 +40,10 @@ pub enum BatchError {
     /// Nothing was published: these votes (by index) are invalid.
     #[error("{}", bandvote_domain::reply::invalid_batch_message(*total, invalid.len()))]
     Invalid { total: usize, invalid: Vec<(usize, InvalidVote)> },
-    /// Nothing was published: the batch arrived outside the contest's voting window.
+    /// Nothing was published: the batch (of `total` votes) arrived outside the contest's voting
+    /// window.
     #[error("{}", window.describe())]
-    Closed { window: Window },
+    Closed { total: usize, window: Window },
     /// Nothing was published: these votes (by index) are refused by the contest's rule or reuse a
     /// `vote_id`.
     #[error("{} of {} votes are refused ({rule}); nothing was accepted", refused.len(), total)]
@@ -50,6 +52,43 @@ pub enum BatchError {
     /// failed ones with those ids cannot count any vote twice.
     #[error("{} of {} votes were not accepted: {cause}", failed.len(), failed.len() + accepted.len())]
     Partial { accepted: Vec<VoteId>, failed: Vec<(usize, VoteId)>, cause: PublishError },
+}
+
+impl CastError {
+    /// The code of the answer.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CastError::Invalid(_) => ErrorCode::InvalidVote,
+            CastError::Closed { .. } => ErrorCode::Refused(Refused::VotingClosed),
+            CastError::Refused { reason, .. } => ErrorCode::Refused(*reason),
+            CastError::Unavailable { .. } => ErrorCode::Unavailable,
+        }
+    }
+}
+
+impl BatchError {
+    /// The code of the answer.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BatchError::Invalid { .. } => ErrorCode::InvalidVote,
+            BatchError::Closed { .. } => ErrorCode::Refused(Refused::VotingClosed),
+            BatchError::Refused { refused, .. } => {
+                ErrorCode::BatchRefused { all_closed: refused.iter().all(|(_, r)| *r == Refused::VotingClosed) }
+            }
+            BatchError::Partial { .. } => ErrorCode::Unavailable,
+        }
+    }
+
+    /// How many votes of the batch this answer turns away: the invalid ones (the batch is refused
+    /// for them), the whole batch when the window or the contest's rule refuses it, the ones
+    /// Kafka did not take in a partial batch.
+    pub fn votes_turned_away(&self) -> usize {
+        match self {
+            BatchError::Invalid { invalid, .. } => invalid.len(),
+            BatchError::Closed { total, .. } | BatchError::Refused { total, .. } => *total,
+            BatchError::Partial { failed, .. } => failed.len(),
+        }
+    }
 }
 
 /// Where a cast vote goes.
@@ -95,27 +134,21 @@ impl Caster {
     }
 
     /// Validates one vote and checks it against the contest's roster and voter rule.
-    pub fn check(&self, route: Route, input: &BallotInput) -> Result<Ballot, InvalidVote> {
-        let checked = Ballot::parse(input).and_then(|ballot| {
+    pub fn check(&self, input: &BallotInput) -> Result<Ballot, InvalidVote> {
+        Ballot::parse(input).and_then(|ballot| {
             self.contest.check_fields(&ballot).map(|()| ballot).map_err(|e| InvalidVote { errors: vec![e] })
-        });
-        if checked.is_err() {
-            rejected(route, "invalid", 1);
-        }
-        checked
+        })
     }
 
     /// Publishes one checked vote; returns its id once Kafka acknowledged it.
     pub async fn cast(&self, route: Route, ballot: Ballot, delivery: Delivery) -> Result<VoteId, CastError> {
         let event = stamp(route, ballot, now_ms());
         if !self.contest.window.contains(event.received_at_ms) {
-            rejected(route, "voting_closed", 1);
             return Err(CastError::Closed { window: self.contest.window.clone() });
         }
         match self.standing(std::slice::from_ref(&event)).await.and_then(|s| s.first().copied()) {
             Some(Standing::Counted) => return Ok(event.vote_id),
             Some(Standing::Refused(reason)) => {
-                rejected(route, reason.code(), 1);
                 return Err(CastError::Refused { reason, rule: self.contest.voters.describe() });
             }
             Some(Standing::New) | None => {}
@@ -129,10 +162,7 @@ impl Caster {
                 accepted(route, 1);
                 Ok(event.vote_id)
             }
-            Err(error) => {
-                rejected(route, "unavailable", 1);
-                Err(CastError::Unavailable { vote_id: event.vote_id, error })
-            }
+            Err(error) => Err(CastError::Unavailable { vote_id: event.vote_id, error }),
         }
     }
 
@@ -146,7 +176,7 @@ impl Caster {
         let mut ballots = Vec::with_capacity(inputs.len());
         let mut invalid = Vec::new();
         for (index, input) in inputs.iter().enumerate() {
-            match self.check(route, input) {
+            match self.check(input) {
                 Ok(ballot) => ballots.push(ballot),
                 Err(err) => invalid.push((index, err)),
             }
@@ -157,8 +187,7 @@ impl Caster {
         // One acceptance time for the whole batch: it is in the window, or none of it is.
         let now = now_ms();
         if !self.contest.window.contains(now) {
-            rejected(route, "voting_closed", ballots.len());
-            return Err(BatchError::Closed { window: self.contest.window.clone() });
+            return Err(BatchError::Closed { total: ballots.len(), window: self.contest.window.clone() });
         }
         let events: Vec<VoteEvent> = ballots.into_iter().map(|ballot| stamp(route, ballot, now)).collect();
         let standings = self.standing(&events).await.unwrap_or_default();
@@ -171,7 +200,6 @@ impl Caster {
             })
             .collect();
         if !refused.is_empty() {
-            rejected(route, "refused", events.len());
             return Err(BatchError::Refused { total: events.len(), refused, rule: self.contest.voters.describe() });
         }
         // Votes counted before are accepted already; the others are published.
@@ -202,10 +230,7 @@ impl Caster {
         accepted(route, accepted_ids.len());
         match cause {
             None => Ok(accepted_ids),
-            Some(cause) => {
-                rejected(route, "unavailable", failed.len());
-                Err(BatchError::Partial { accepted: accepted_ids, failed, cause })
-            }
+            Some(cause) => Err(BatchError::Partial { accepted: accepted_ids, failed, cause }),
         }
     }
 }
@@ -247,11 +272,4 @@ fn now_ms() -> i64 {
 
 fn accepted(route: Route, votes: usize) {
     metrics::counter!("bandvote_ingest_votes_accepted_total", "route" => route.as_str()).increment(votes as u64);
-}
-
-/// Counts refused votes by route and reason (`invalid`, `malformed`, `too_large`, `unavailable`,
-/// `voting_closed`).
-pub fn rejected(route: Route, reason: &'static str, votes: usize) {
-    metrics::counter!("bandvote_ingest_votes_rejected_total", "route" => route.as_str(), "reason" => reason)
-        .increment(votes as u64);
 }

@@ -12,8 +12,9 @@ use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    cast::{BatchError, CastError, Caster, Delivery, rejected},
+    cast::{BatchError, CastError, Caster, Delivery},
     limits::{Admission, Admitted, Budget, FRONT_CLIENT, Refusal, X_FORWARDED_FOR},
+    reply::count_rejected,
 };
 
 /// Largest gRPC message accepted, in bytes.
@@ -62,7 +63,7 @@ impl VoteService {
     }
 
     async fn cast_one(&self, input: BallotInput, delivery: Delivery) -> Result<String, Status> {
-        let ballot = self.caster.check(Route::Grpc, &input).map_err(invalid)?;
+        let ballot = self.caster.check(&input).map_err(|invalid| status(CastError::Invalid(invalid)))?;
         let vote_id = self.caster.cast(Route::Grpc, ballot, delivery).await.map_err(status)?;
         Ok(vote_id.to_string())
     }
@@ -105,7 +106,9 @@ fn invalid(err: InvalidVote) -> Status {
     Status::invalid_argument(err.to_string())
 }
 
+/// The answer to a batch refused with `err`, its votes counted as turned away.
 fn batch_status(err: BatchError) -> Status {
+    count_rejected(Route::Grpc, err.code(), err.votes_turned_away());
     let message = err.to_string();
     match err {
         BatchError::Invalid { invalid, .. } => {
@@ -124,7 +127,9 @@ fn batch_status(err: BatchError) -> Status {
     }
 }
 
+/// The answer to a vote refused with `err`, counted as turned away.
 fn status(err: CastError) -> Status {
+    count_rejected(Route::Grpc, err.code(), 1);
     match err {
         CastError::Invalid(err) => invalid(err),
         CastError::Closed { window } => refusal(Refused::VotingClosed, window.describe(), Some(&window)),
@@ -163,7 +168,7 @@ impl Votes for VoteService {
                 reserved += more;
             }
             if inputs.len() == self.max_batch {
-                rejected(Route::Grpc, "too_large", inputs.len() + 1);
+                count_rejected(Route::Grpc, ErrorCode::BatchTooLarge, inputs.len() + 1);
                 return Err(Status::resource_exhausted(format!("a batch may hold at most {} votes", self.max_batch)));
             }
             if !inputs.is_empty() {
@@ -202,7 +207,60 @@ impl GetInfo for VoteService {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use bandvote_domain::Contest;
+    use metrics_util::debugging::DebuggingRecorder;
+
     use super::*;
+    use crate::{
+        limits::ClientAddress,
+        testing::{self, vote_counters},
+    };
+
+    fn service(contest: Contest) -> (VoteService, testing::Published) {
+        let (caster, published) = testing::caster(contest);
+        let admission = Admission::new((8, 64 * 1024, 1024), None, ClientAddress::default(), Duration::from_secs(1));
+        (VoteService::new(caster, 3, admission), published)
+    }
+
+    fn vote(band: &str, year: &str) -> v1::Vote {
+        v1::Vote { name: band.into(), album: "Album".into(), year: year.into(), rank: "1".into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_is_counted_once_under_its_reason_and_publishes_nothing() {
+        let recorder = DebuggingRecorder::new();
+        let counters = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let (open, published) = service(Contest::default());
+        let closed = testing::closed_contest();
+        let (closed, closed_published) = service(closed);
+
+        let accepted = open.cast(Request::new(vote("Alpha", "1997"))).await.expect("accepted");
+        let refused = open.cast(Request::new(vote("Alpha", "a year"))).await.expect_err("invalid");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        let outside = closed.cast(Request::new(vote("Alpha", "1997"))).await.expect_err("closed");
+        assert_eq!(outside.code(), tonic::Code::FailedPrecondition, "{outside:?}");
+        let old = open.return_info(Request::new(confproto::RequestId {
+            name: "Beta".into(),
+            album: "Album".into(),
+            year: "1997".into(),
+            rank: "first".into(),
+        }));
+        assert_eq!(old.await.expect_err("a rank that is not a number").code(), tonic::Code::InvalidArgument);
+
+        let published: Vec<String> = published.lock().expect("votes").iter().map(|e| e.vote_id.to_string()).collect();
+        assert_eq!(published, [accepted.get_ref().vote_id.clone()], "only the valid vote");
+        assert!(closed_published.lock().expect("votes").is_empty());
+        let counted = vote_counters(&counters);
+        let expected = [
+            ("bandvote_ingest_votes_accepted_total route=grpc".to_owned(), 1),
+            ("bandvote_ingest_votes_rejected_total route=grpc,reason=invalid".to_owned(), 2),
+            ("bandvote_ingest_votes_rejected_total route=grpc,reason=voting_closed".to_owned(), 1),
+        ];
+        assert_eq!(counted, expected.into_iter().collect(), "each call counted once");
+    }
 
     #[test]
     fn only_a_call_from_this_host_is_believed_to_come_from_the_front() {

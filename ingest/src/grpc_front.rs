@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use axum::{
     Extension, Router,
-    body::Bytes,
-    extract::{State, rejection::BytesRejection},
+    extract::{FromRef, State},
     response::{IntoResponse, Response},
     routing::post,
 };
 use bandvote_domain::{
     Ballot, Refused, Route, VoteId,
-    ballot::BallotInput,
     front::new_vote_id,
     reply::{ErrorCode, ErrorReply},
 };
@@ -22,17 +20,22 @@ use bandvote_proto::v1::{self, votes_client::VotesClient};
 use tonic::{Code, codegen::http::uri::InvalidUri, transport::Channel};
 
 use crate::{
-    cast::rejected,
     grpc::{REFUSAL_CODE, WINDOW_CLOSES, WINDOW_OPENS},
-    http::read_json,
+    http::JsonVote,
     limits::{Client, FRONT_CLIENT},
-    reply::{self, ApiError},
+    reply::{self, ApiError, Rejection},
 };
 
 #[derive(Clone)]
 struct Front {
     client: VotesClient<Channel>,
     timeout: Duration,
+}
+
+impl FromRef<Front> for Route {
+    fn from_ref(_: &Front) -> Route {
+        Route::Grpc
+    }
 }
 
 /// Routes `/grpc/insert` (and the original variant `/grpc`) to the gRPC server at `target`.
@@ -48,12 +51,9 @@ pub fn router(target: &str, timeout: Duration) -> Result<Router, InvalidUri> {
 async fn insert(
     State(front): State<Front>,
     client: Option<Extension<Client>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let value = read_json(Route::Grpc, body)?;
-    let ballot = BallotInput::from_json(&value)
-        .and_then(|input| Ballot::parse(&input))
-        .inspect_err(|_| rejected(Route::Grpc, "invalid", 1))?;
+    JsonVote(input): JsonVote,
+) -> Result<Response, Rejection> {
+    let ballot = Ballot::parse(&input).map_err(|invalid| Rejection::new(Route::Grpc, 1, invalid))?;
     // The id is given here, not by the gRPC server, so that a refusal can name it for a safe retry.
     let vote_id = ballot.vote_id.unwrap_or_else(new_vote_id);
     let vote = v1::Vote {
@@ -73,9 +73,12 @@ async fn insert(
     {
         request.metadata_mut().insert(FRONT_CLIENT, value);
     }
-    let reply = front.client.clone().cast(request).await.map_err(|status| from_status(status, &vote_id))?;
-    let vote_id = VoteId::parse(&reply.get_ref().vote_id)
-        .map_err(|e| ApiError::new(ErrorCode::UpstreamError, format!("the gRPC server sent a bad vote id: {e}")))?;
+    // The gRPC server counted what it refused; its answer is passed on as it is.
+    let passed_on = |error: ApiError| Rejection::Counted(error.into_response());
+    let reply = front.client.clone().cast(request).await.map_err(|status| passed_on(from_status(status, &vote_id)))?;
+    let vote_id = VoteId::parse(&reply.get_ref().vote_id).map_err(|e| {
+        passed_on(ApiError::new(ErrorCode::UpstreamError, format!("the gRPC server sent a bad vote id: {e}")))
+    })?;
     Ok(reply::accepted(&vote_id).into_response())
 }
 

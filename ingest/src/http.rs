@@ -8,9 +8,9 @@
 //! only after Kafka's acknowledgement.
 
 use axum::{
-    Extension, Router,
+    Router,
     body::Bytes,
-    extract::{State, rejection::BytesRejection},
+    extract::{FromRef, FromRequest, Request, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -24,9 +24,9 @@ use bandvote_domain::{
 use serde_json::Value;
 
 use crate::{
-    cast::{Caster, rejected},
+    cast::{BatchError, Caster},
     limits::{Budget, Refusal},
-    reply::{self, ApiError},
+    reply::{self, ApiError, Rejection},
 };
 
 /// The OpenAPI 3.1 document of the HTTP port: the HTTP route, the `/grpc/insert` front and
@@ -45,6 +45,12 @@ struct HttpRoute {
     caster: Caster,
     limits: Limits,
     route: Route,
+}
+
+impl FromRef<HttpRoute> for Route {
+    fn from_ref(http: &HttpRoute) -> Route {
+        http.route
+    }
 }
 
 /// The HTTP route: votes cast as [`Route::Http`], and the OpenAPI document.
@@ -67,88 +73,107 @@ pub fn wasm_router(caster: Caster, limits: Limits) -> Router {
 async fn cast_one(
     State(http): State<HttpRoute>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let route = http.route;
-    let value = read_json(route, body)?;
-    let input = BallotInput::from_json(&value).inspect_err(|_| rejected(route, "invalid", 1))?;
-    let ballot = http.caster.check(route, &input)?;
+    JsonVote(input): JsonVote,
+) -> Result<Response, Rejection> {
+    let refused = |error: ApiError| Rejection::new(http.route, 1, error);
+    let ballot = http.caster.check(&input).map_err(|e| refused(e.into()))?;
     let delivery = http.caster.delivery(headers.contains_key(NOOP_HEADER));
-    let vote_id = http.caster.cast(route, ballot, delivery).await?;
+    let vote_id = http.caster.cast(http.route, ballot, delivery).await.map_err(|e| refused(e.into()))?;
     Ok(reply::accepted(&vote_id).into_response())
 }
 
-/// Takes a JSON array of votes, or `{"votes": [...]}`; all are checked before any is published.
-/// The client's rate limit is charged a vote for each vote of the batch (the first at admission).
 async fn cast_batch(
     State(http): State<HttpRoute>,
-    budget: Option<Extension<Budget>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, Response> {
-    let route = http.route;
-    let value = read_json(route, body).map_err(IntoResponse::into_response)?;
-    let votes = bodies::batch_votes(value, usize::MAX).map_err(|refused| {
-        rejected(route, "malformed", 1);
-        ApiError(refused).into_response()
-    })?;
-    if votes.len() > http.limits.max_batch {
-        rejected(route, "too_large", votes.len());
-        return Err(
-            ApiError::from(bodies::ErrorReply::batch_too_large(http.limits.max_batch, votes.len())).into_response()
-        );
-    }
-    if let Some(Extension(budget)) = budget {
-        budget.rest_of_batch(votes.len()).map_err(Refusal::response)?;
-    }
-    let mut inputs = Vec::with_capacity(votes.len());
-    let mut not_objects = Vec::new();
-    for (index, vote) in votes.iter().enumerate() {
-        match BallotInput::from_json(vote) {
-            Ok(input) => inputs.push(input),
-            Err(err) => not_objects.push((index, err)),
-        }
-    }
-    if !not_objects.is_empty() {
-        rejected(route, "invalid", not_objects.len());
-        let invalid = crate::cast::BatchError::Invalid { total: votes.len(), invalid: not_objects };
-        return Err(ApiError::from(invalid).into_response());
-    }
+    JsonBatch(inputs): JsonBatch,
+) -> Result<Response, Rejection> {
     let delivery = http.caster.delivery(headers.contains_key(NOOP_HEADER));
     let vote_ids =
-        http.caster.cast_all(route, &inputs, delivery).await.map_err(|e| ApiError::from(e).into_response())?;
+        http.caster.cast_all(http.route, &inputs, delivery).await.map_err(|e| Rejection::batch(http.route, e))?;
     Ok(reply::accepted_all(&vote_ids).into_response())
 }
 
-/// Reads a request body as JSON, with a JSON error for a body too large or not JSON.
-pub fn read_json(route: Route, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let body = body.map_err(|rejection| {
+/// A vote in a request's body: a JSON object within the body limit, read as a [`BallotInput`]
+/// (its fields are checked by the caster). Anything else is refused as one vote of the route.
+pub struct JsonVote(pub BallotInput);
+
+impl<S> FromRequest<S> for JsonVote
+where
+    S: Send + Sync,
+    Route: FromRef<S>,
+{
+    type Rejection = Rejection;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Rejection> {
+        let route = Route::from_ref(state);
+        let value = json_body(request, state).await.map_err(|error| Rejection::new(route, 1, error))?;
+        BallotInput::from_json(&value).map(JsonVote).map_err(|error| Rejection::new(route, 1, error))
+    }
+}
+
+/// The votes of a batch body: a JSON array of votes, or `{"votes": [...]}`, of at most
+/// `MAX_BATCH_VOTES`, each a JSON object. The client's rate limit is charged a vote for each vote
+/// of the batch (the first at admission) before the votes are read, so that a batch refused for
+/// its votes is paid for too.
+pub struct JsonBatch(pub Vec<BallotInput>);
+
+impl FromRequest<HttpRoute> for JsonBatch {
+    type Rejection = Rejection;
+
+    async fn from_request(request: Request, http: &HttpRoute) -> Result<Self, Rejection> {
+        let route = http.route;
+        let budget = request.extensions().get::<Budget>().cloned();
+        let value = json_body(request, http).await.map_err(|error| Rejection::new(route, 1, error))?;
+        let votes = bodies::batch_votes(value, usize::MAX).map_err(|error| Rejection::new(route, 1, error))?;
+        if votes.len() > http.limits.max_batch {
+            let error = ErrorReply::batch_too_large(http.limits.max_batch, votes.len());
+            return Err(Rejection::new(route, votes.len(), error));
+        }
+        if let Some(budget) = budget {
+            budget.rest_of_batch(votes.len()).map_err(|refusal| Rejection::Counted(Refusal::response(refusal)))?;
+        }
+        let mut inputs = Vec::with_capacity(votes.len());
+        let mut not_objects = Vec::new();
+        for (index, vote) in votes.iter().enumerate() {
+            match BallotInput::from_json(vote) {
+                Ok(input) => inputs.push(input),
+                Err(err) => not_objects.push((index, err)),
+            }
+        }
+        if !not_objects.is_empty() {
+            return Err(Rejection::batch(route, BatchError::Invalid { total: votes.len(), invalid: not_objects }));
+        }
+        Ok(JsonBatch(inputs))
+    }
+}
+
+/// Reads a request's body as JSON, with a JSON error for a body too large or not JSON.
+async fn json_body<S: Send + Sync>(request: Request, state: &S) -> Result<Value, ApiError> {
+    let body = Bytes::from_request(request, state).await.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            rejected(route, "too_large", 1);
             ApiError::new(ErrorCode::BodyTooLarge, rejection.body_text())
         } else {
-            rejected(route, "malformed", 1);
             // The rejection's own status (400, or 411, 415 ...), with the code of an unread body.
             let reply = ErrorReply::new(ErrorCode::BadRequest, rejection.body_text());
             ApiError(ErrorReply { status: status.as_u16(), ..reply })
         }
     })?;
-    bodies::parse_json(&body).map_err(|refused| {
-        rejected(route, "malformed", 1);
-        ApiError(refused)
-    })
+    bodies::parse_json(&body).map_err(ApiError)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeSet, time::Duration};
+    use std::collections::BTreeSet;
 
-    use bandvote_ops::config::KafkaArgs;
-    use serde_json::Value;
+    use axum::{body::Body, extract::DefaultBodyLimit};
+    use bandvote_domain::Contest;
+    use metrics_util::debugging::DebuggingRecorder;
+    use serde_json::{Value, json};
+    use tower::ServiceExt as _;
 
     use super::*;
-    use crate::publisher::Publisher;
+    use crate::testing::{self, Published, vote_counters};
 
     /// The paths the other routers of the HTTP port serve: the `/grpc/insert` front and the load
     /// balancer's health check (readiness and metrics are on the ops port).
@@ -158,19 +183,126 @@ mod tests {
         serde_json::from_str(OPENAPI).expect("ingest/openapi.json is JSON")
     }
 
-    /// A router whose producer points at a port nothing listens on: enough for answers that never
-    /// reach Kafka.
+    const LIMITS: Limits = Limits { max_body_bytes: 1024, max_batch: 10 };
+
+    /// The HTTP and Wasm routes of one caster for `contest`, publishing to memory.
+    fn routes(contest: Contest) -> (Router, Published) {
+        let (caster, published) = testing::caster(contest);
+        let router = router(caster.clone(), LIMITS).merge(wasm_router(caster, LIMITS));
+        (router.layer(DefaultBodyLimit::max(LIMITS.max_body_bytes)), published)
+    }
+
     fn offline_router() -> Router {
-        let kafka = KafkaArgs {
-            brokers: "127.0.0.1:9".into(),
-            topic: "unused".into(),
-            partitions: 1,
-            replication_factor: 1,
-            create_topics: false,
-            security: Default::default(),
-        };
-        let publisher = Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer");
-        router(Caster::new(publisher, Default::default(), false), Limits { max_body_bytes: 1024, max_batch: 10 })
+        routes(Contest::default()).0
+    }
+
+    /// POSTs `body` to `path`; the status and the JSON answer.
+    async fn post(router: &Router, path: &str, body: impl Into<Body>) -> (u16, Value) {
+        let request = Request::post(path).header(header::CONTENT_TYPE, "application/json").body(body.into());
+        let reply = router.clone().oneshot(request.expect("a request")).await.expect("an answer");
+        let status = reply.status().as_u16();
+        let body = axum::body::to_bytes(reply.into_body(), usize::MAX).await.expect("a body");
+        (status, serde_json::from_slice(&body).expect("a JSON answer"))
+    }
+
+    fn vote(band: &str) -> Value {
+        json!({"name": band, "album": "Album", "year": "1997", "rank": "1"})
+    }
+
+    #[tokio::test]
+    async fn votes_and_batches_are_published_in_order_and_acknowledged_without_a_broker() {
+        let recorder = DebuggingRecorder::new();
+        let counters = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let (router, published) = routes(Contest::default());
+
+        let (status, reply) = post(&router, "/votes", vote("Alpha").to_string()).await;
+        assert_eq!((status, reply["status"].as_str()), (200, Some("accepted")), "{reply}");
+        let batch = json!({"votes": [vote("Beta"), vote("Gamma"), vote("Beta")]});
+        let (status, batch_reply) = post(&router, "/votes/batch", batch.to_string()).await;
+        assert_eq!((status, batch_reply["accepted"].as_u64()), (200, Some(3)), "{batch_reply}");
+        let (status, wasm_reply) = post(&router, "/wasm/votes", vote("Delta").to_string()).await;
+        assert_eq!(status, 200, "{wasm_reply}");
+
+        let published = published.lock().expect("the published votes").clone();
+        let seen: Vec<(&str, Route, &str)> =
+            published.iter().map(|e| (e.ballot.band.as_str(), e.route, e.vote_id.as_str())).collect();
+        let ids: Vec<&str> =
+            batch_reply["vote_ids"].as_array().expect("ids").iter().filter_map(Value::as_str).collect();
+        assert_eq!(
+            seen,
+            [
+                ("Alpha", Route::Http, reply["vote_id"].as_str().expect("an id")),
+                ("Beta", Route::Http, ids[0]),
+                ("Gamma", Route::Http, ids[1]),
+                ("Beta", Route::Http, ids[2]),
+                ("Delta", Route::Wasm, wasm_reply["vote_id"].as_str().expect("an id")),
+            ],
+            "each vote published once, in the order sent, with the id it was answered with"
+        );
+        let counted = vote_counters(&counters);
+        assert_eq!(counted.get("bandvote_ingest_votes_accepted_total route=http"), Some(&4), "{counted:?}");
+        assert_eq!(counted.get("bandvote_ingest_votes_accepted_total route=wasm"), Some(&1), "{counted:?}");
+        assert!(!counted.keys().any(|k| k.contains("rejected")), "nothing was refused: {counted:?}");
+    }
+
+    #[tokio::test]
+    async fn each_refused_request_is_counted_once_under_its_reason_and_publishes_nothing() {
+        let recorder = DebuggingRecorder::new();
+        let counters = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let (open, published) = routes(Contest::default());
+        let closed = testing::closed_contest();
+        let (closed, closed_published) = routes(closed);
+        let eleven = Value::Array((0..11).map(|i| vote(&format!("Band {i}"))).collect()).to_string();
+        // (router, path, body, status, code, reason, votes counted)
+        let cases: [(&Router, &str, String, u16, &str, &str, u64); 10] = [
+            (&open, "/votes", "{".into(), 400, "malformed_json", "malformed", 1),
+            (&open, "/votes", json!({"name": "A"}).to_string(), 400, "invalid_vote", "invalid", 1),
+            (&open, "/votes", "x".repeat(2000), 413, "body_too_large", "too_large", 1),
+            (&open, "/wasm/votes", "[1]".into(), 400, "invalid_vote", "invalid", 1),
+            (&open, "/votes/batch", "[]".into(), 400, "malformed_json", "malformed", 1),
+            (&open, "/votes/batch", eleven, 413, "batch_too_large", "too_large", 11),
+            (
+                &open,
+                "/votes/batch",
+                json!([vote("A"), 5, vote("B"), "x"]).to_string(),
+                400,
+                "invalid_vote",
+                "invalid",
+                2,
+            ),
+            (
+                &open,
+                "/votes/batch",
+                json!([vote("A"), {"name": "B"}, {"rank": 1}]).to_string(),
+                400,
+                "invalid_vote",
+                "invalid",
+                2,
+            ),
+            (&closed, "/votes", vote("A").to_string(), 403, "voting_closed", "voting_closed", 1),
+            (
+                &closed,
+                "/votes/batch",
+                json!([vote("A"), vote("B"), vote("C")]).to_string(),
+                403,
+                "voting_closed",
+                "voting_closed",
+                3,
+            ),
+        ];
+        for (router, path, body, status, code, reason, votes) in cases {
+            let before = vote_counters(&counters);
+            let (answered, reply) = post(router, path, body).await;
+            assert_eq!((answered, reply["error"]["code"].as_str()), (status, Some(code)), "{path}: {reply}");
+            let route = if path.starts_with("/wasm") { "wasm" } else { "http" };
+            let key = format!("bandvote_ingest_votes_rejected_total route={route},reason={reason}");
+            let mut expected = before.clone();
+            *expected.entry(key).or_default() += votes;
+            assert_eq!(vote_counters(&counters), expected, "{path} {code}: counted once, under {reason}");
+        }
+        assert!(published.lock().expect("votes").is_empty() && closed_published.lock().expect("votes").is_empty());
     }
 
     #[test]

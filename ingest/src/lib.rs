@@ -21,6 +21,8 @@ pub mod limits;
 pub mod publisher;
 pub mod reply;
 pub mod standing;
+#[cfg(test)]
+mod testing;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},

@@ -68,6 +68,9 @@ pub struct Publisher {
     /// `bandvote_ingest_produce_latency_seconds` by result, looked up once.
     latency_ok: metrics::Histogram,
     latency_error: metrics::Histogram,
+    /// In unit tests, where the votes go instead of Kafka (see [`Publisher::in_memory`]).
+    #[cfg(test)]
+    memory: Option<Arc<Mutex<Vec<VoteEvent>>>>,
 }
 
 impl Publisher {
@@ -99,7 +102,28 @@ impl Publisher {
             timeout,
             latency_ok: latency("ok"),
             latency_error: latency("error"),
+            #[cfg(test)]
+            memory: None,
         })
+    }
+
+    /// A publisher that acknowledges every vote at once and keeps it in the returned list, for
+    /// unit tests of the routes without a broker. Its producer points at a port nothing listens
+    /// on, so anything that asks Kafka itself (readiness, partitions) fails.
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> (Self, Arc<Mutex<Vec<VoteEvent>>>) {
+        let kafka = KafkaArgs {
+            brokers: "127.0.0.1:9".into(),
+            topic: "votes".into(),
+            partitions: 1,
+            replication_factor: 1,
+            create_topics: false,
+            security: Default::default(),
+        };
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let mut publisher = Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer");
+        publisher.memory = Some(published.clone());
+        (publisher, published)
     }
 
     /// Publishes one vote and waits for Kafka's acknowledgement.
@@ -136,6 +160,11 @@ impl Publisher {
 
     /// Gives one vote to the producer and waits for Kafka's answer, however long it takes.
     async fn send(&self, event: &VoteEvent) -> Result<(), PublishError> {
+        #[cfg(test)]
+        if let Some(memory) = &self.memory {
+            memory.lock().expect("the published votes").push(event.clone());
+            return Ok(());
+        }
         let started = Instant::now();
         let payload = event.encode();
         let key = event.key();

@@ -31,7 +31,7 @@ impl ApiError {
         ApiError(self.0.with_details(details))
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.0.code
     }
 }
