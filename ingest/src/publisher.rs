@@ -4,24 +4,33 @@
 //! The producer is idempotent, so its own retries never duplicate a record. Every publish is
 //! bounded by `message.timeout.ms`: when Kafka is down or slow the caller hears so within that
 //! bound, and the producer reconnects by itself when Kafka is back.
+//!
+//! A publish is a [`Batch`] (one vote is a batch of one): each record carries a [`Ticket`] naming
+//! its batch and place, librdkafka's delivery report settles that place on the producer's polling
+//! thread, and the caller waits once, for the whole batch. No future, channel or task per vote.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use bandvote_domain::VoteEvent;
 use bandvote_ops::config::KafkaArgs;
-use futures::{StreamExt as _, stream::FuturesUnordered};
 use rdkafka::{
     ClientContext,
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
     util::Timeout,
 };
+use tokio::sync::Notify;
 
 /// How long a publish may wait for room in the producer's local queue before it is refused.
 const QUEUE_WAIT: Duration = Duration::from_millis(100);
+/// How often a publish that met a full queue tries again, within [`QUEUE_WAIT`].
+const QUEUE_RETRY: Duration = Duration::from_millis(5);
 /// How long the client's last error explains a failed readiness check.
 const ERROR_EXPLAINS: Duration = Duration::from_secs(60);
 
@@ -59,9 +68,64 @@ impl ClientContext for ClientErrors {
     }
 }
 
+impl ProducerContext for ClientErrors {
+    type DeliveryOpaque = Box<Ticket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((error, _)) => Err(PublishError::Unavailable(error.clone())),
+        };
+        ticket.batch.settle(ticket.place, outcome);
+    }
+}
+
+/// The votes of one publish, settled one by one by their delivery reports.
+struct Batch {
+    outcomes: Mutex<Vec<Option<Result<(), PublishError>>>>,
+    unsettled: AtomicUsize,
+    settled: Notify,
+    started: Instant,
+    latency_ok: metrics::Histogram,
+    latency_error: metrics::Histogram,
+}
+
+impl Batch {
+    fn new(votes: usize, (latency_ok, latency_error): (&metrics::Histogram, &metrics::Histogram)) -> Self {
+        Batch {
+            outcomes: Mutex::new((0..votes).map(|_| None).collect()),
+            unsettled: AtomicUsize::new(votes),
+            settled: Notify::new(),
+            started: Instant::now(),
+            latency_ok: latency_ok.clone(),
+            latency_error: latency_error.clone(),
+        }
+    }
+
+    fn settle(&self, place: usize, outcome: Result<(), PublishError>) {
+        let latency = if outcome.is_ok() { &self.latency_ok } else { &self.latency_error };
+        latency.record(self.started.elapsed().as_secs_f64());
+        if let Ok(mut outcomes) = self.outcomes.lock()
+            && let Some(slot) = outcomes.get_mut(place)
+            && slot.is_none()
+        {
+            *slot = Some(outcome);
+            if self.unsettled.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.settled.notify_one();
+            }
+        }
+    }
+}
+
+/// What a record carries to its delivery report: its batch, and its place in it.
+pub struct Ticket {
+    batch: Arc<Batch>,
+    place: usize,
+}
+
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer<ClientErrors>,
+    producer: Arc<ThreadedProducer<ClientErrors>>,
     errors: ClientErrors,
     topic: String,
     timeout: Duration,
@@ -96,7 +160,7 @@ impl Publisher {
         let latency =
             |result: &'static str| metrics::histogram!("bandvote_ingest_produce_latency_seconds", "result" => result);
         Ok(Publisher {
-            producer,
+            producer: Arc::new(producer),
             errors,
             topic: kafka.topic.clone(),
             timeout,
@@ -128,55 +192,68 @@ impl Publisher {
 
     /// Publishes one vote and waits for Kafka's acknowledgement.
     pub async fn publish(&self, event: &VoteEvent) -> Result<(), PublishError> {
-        // librdkafka checks `message.timeout.ms` about once a second; the deadline keeps the
-        // answer within the configured bound itself.
-        tokio::select! {
-            biased;
-            result = self.send(event) => result,
-            () = tokio::time::sleep(self.timeout) => Err(PublishError::TimedOut(self.timeout)),
-        }
+        self.publish_all(std::slice::from_ref(event)).await.pop().unwrap_or(Err(PublishError::TimedOut(self.timeout)))
     }
 
-    /// Publishes votes concurrently; the result for each vote is in the order given. The whole
-    /// batch shares one deadline (one timer for the batch, not one per vote).
+    /// Publishes votes and waits for Kafka's answer to all of them, within one deadline for the
+    /// whole batch; the result for each vote is in the order given. librdkafka checks
+    /// `message.timeout.ms` about once a second; the deadline keeps the answer within the
+    /// configured bound itself.
     pub async fn publish_all(&self, events: &[VoteEvent]) -> Vec<Result<(), PublishError>> {
-        let mut sends: FuturesUnordered<_> =
-            events.iter().enumerate().map(|(i, event)| async move { (i, self.send(event).await) }).collect();
-        let mut results: Vec<Option<Result<(), PublishError>>> = events.iter().map(|_| None).collect();
-        let deadline = tokio::time::sleep(self.timeout);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                biased;
-                next = sends.next() => match next {
-                    Some((i, result)) => results[i] = Some(result),
-                    None => break,
-                },
-                () = &mut deadline => break,
-            }
-        }
-        results.into_iter().map(|result| result.unwrap_or(Err(PublishError::TimedOut(self.timeout)))).collect()
-    }
-
-    /// Gives one vote to the producer and waits for Kafka's answer, however long it takes.
-    async fn send(&self, event: &VoteEvent) -> Result<(), PublishError> {
         #[cfg(test)]
         if let Some(memory) = &self.memory {
-            memory.lock().expect("the published votes").push(event.clone());
-            return Ok(());
+            memory.lock().expect("the published votes").extend(events.iter().cloned());
+            return events.iter().map(|_| Ok(())).collect();
         }
-        let started = Instant::now();
-        let payload = event.encode();
-        let key = event.key();
-        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        let outcome = match self.producer.send(record, Timeout::After(QUEUE_WAIT)).await {
-            Ok(_) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
-            Err((err, _)) => Err(PublishError::Unavailable(err)),
-        };
-        let latency = if outcome.is_ok() { &self.latency_ok } else { &self.latency_error };
-        latency.record(started.elapsed().as_secs_f64());
-        outcome
+        let batch = Arc::new(Batch::new(events.len(), (&self.latency_ok, &self.latency_error)));
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let queue_deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+        for (place, event) in events.iter().enumerate() {
+            let payload = event.encode();
+            let key = event.key();
+            let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(Ticket { batch: batch.clone(), place }))
+                .key(&key)
+                .payload(&payload);
+            // A full local queue is waited on for QUEUE_WAIT at most (from the batch's start),
+            // then this vote and the rest are refused.
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if tokio::time::Instant::now() < queue_deadline =>
+                    {
+                        record = back;
+                        tokio::time::sleep(QUEUE_RETRY).await;
+                    }
+                    Err((error, _)) => {
+                        let refused = |error: &KafkaError| match error {
+                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,
+                            error => PublishError::Unavailable(error.clone()),
+                        };
+                        // This vote and the ones not given to the producer yet are refused.
+                        for rest in place..events.len() {
+                            batch.settle(rest, Err(refused(&error)));
+                        }
+                        return self.wait(&batch, events.len(), deadline).await;
+                    }
+                }
+            }
+        }
+        self.wait(&batch, events.len(), deadline).await
+    }
+
+    /// Waits until each of the `votes` votes of `batch` is settled or `deadline` passes; a vote
+    /// still unsettled then has timed out (its delivery report, when it comes, changes nothing).
+    async fn wait(&self, batch: &Batch, votes: usize, deadline: tokio::time::Instant) -> Vec<Result<(), PublishError>> {
+        // The last vote settled wakes this wait (or leaves it a permit, when it came first).
+        while batch.unsettled.load(Ordering::Acquire) > 0 {
+            if tokio::time::timeout_at(deadline, batch.settled.notified()).await.is_err() {
+                break;
+            }
+        }
+        let mut outcomes = batch.outcomes.lock().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default();
+        outcomes.resize_with(votes, || None);
+        outcomes.into_iter().map(|outcome| outcome.unwrap_or(Err(PublishError::TimedOut(self.timeout)))).collect()
     }
 
     /// Whether Kafka answers a metadata request for the votes topic right now.
@@ -229,5 +306,75 @@ impl Publisher {
         if let Err(err) = self.producer.flush(Timeout::After(within)) {
             tracing::warn!(error = %err, "producer flush did not finish");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publisher whose producer points at a port nothing listens on, with a short timeout.
+    fn offline() -> Publisher {
+        let (mut publisher, _) = Publisher::in_memory();
+        publisher.memory = None;
+        publisher.timeout = Duration::from_millis(300);
+        publisher
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_answered_in_its_order_once_every_vote_is_settled() {
+        let publisher = offline();
+        let histograms = (&publisher.latency_ok, &publisher.latency_error);
+        let batch = Arc::new(Batch::new(3, histograms));
+        let settler = batch.clone();
+        // Delivery reports come in any order, on another thread, after the wait began.
+        let reports = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            settler.settle(2, Err(PublishError::QueueFull));
+            settler.settle(0, Ok(()));
+            settler.settle(0, Err(PublishError::QueueFull));
+            settler.settle(1, Ok(()));
+        });
+        let outcomes = publisher.wait(&batch, 3, tokio::time::Instant::now() + Duration::from_secs(10)).await;
+        reports.join().expect("the reports");
+        let kinds: Vec<Option<&str>> = outcomes
+            .iter()
+            .map(|o| o.as_ref().err().map(|e| if matches!(e, PublishError::QueueFull) { "full" } else { "other" }))
+            .collect();
+        assert_eq!(kinds, [None, None, Some("full")], "each vote's own report, the first one only");
+    }
+
+    #[tokio::test]
+    async fn what_is_unsettled_at_the_deadline_has_timed_out_and_a_late_report_changes_nothing() {
+        let publisher = offline();
+        let batch = Batch::new(2, (&publisher.latency_ok, &publisher.latency_error));
+        batch.settle(1, Ok(()));
+        let outcomes = publisher.wait(&batch, 2, tokio::time::Instant::now() + Duration::from_millis(50)).await;
+        assert!(matches!(outcomes[0], Err(PublishError::TimedOut(_))), "{outcomes:?}");
+        assert!(outcomes[1].is_ok(), "{outcomes:?}");
+        batch.settle(0, Ok(()));
+        assert_eq!(batch.unsettled.load(Ordering::Acquire), 1, "a report after the answer settles nothing");
+    }
+
+    #[tokio::test]
+    async fn without_a_broker_every_vote_of_a_batch_fails_within_the_timeout() {
+        let publisher = offline();
+        let events: Vec<VoteEvent> = (0..3)
+            .map(|i| {
+                let ballot = bandvote_domain::Ballot::from_json(&serde_json::json!({
+                    "name": format!("Band {i}"), "album": "A", "year": "1997", "rank": "1", "vote_id": format!("v{i}")
+                }))
+                .expect("a ballot");
+                VoteEvent {
+                    vote_id: ballot.vote_id.clone().expect("an id"),
+                    ballot,
+                    route: bandvote_domain::Route::Http,
+                    received_at_ms: 0,
+                }
+            })
+            .collect();
+        let outcomes = publisher.publish_all(&events).await;
+        assert_eq!(outcomes.len(), 3);
+        assert!(outcomes.iter().all(Result::is_err), "{outcomes:?}");
     }
 }
