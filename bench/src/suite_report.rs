@@ -349,7 +349,7 @@ impl SuiteReport {
     }
 
     /// The charts, as (file name, SVG).
-    pub fn charts(&self) -> Vec<(&'static str, String)> {
+    pub fn charts(&self) -> anyhow::Result<Vec<(&'static str, String)>> {
         let mut charts = Vec::new();
         let groups: Vec<BarGroup> = self
             .plan
@@ -371,7 +371,7 @@ impl SuiteReport {
                 "votes/s",
                 &["with Kafka", "no-op route"],
                 &groups,
-            ),
+            )?,
         ));
         let mut by_variant: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
         for step in &self.latency {
@@ -383,7 +383,7 @@ impl SuiteReport {
             by_variant.into_iter().map(|(name, points)| Series { name: name.to_owned(), points }).collect();
         charts.push((
             "latency.svg",
-            chart::line_chart("p99 latency by load", "% of the route's capacity", "p99 (ms)", true, &series),
+            chart::line_chart("p99 latency by load", "% of the route's capacity", "p99 (ms)", true, &series)?,
         ));
         let steps: Vec<&EndToEnd> = self.e2e.iter().filter(|s| s.label != "warm-up").collect();
         let mut sorted = steps.clone();
@@ -404,7 +404,7 @@ impl SuiteReport {
                     line("p99", |s| s.visible_p99_ms),
                     line("p99.9", |s| s.visible_p999_ms),
                 ],
-            ),
+            )?,
         ));
         if let Some(catch_up) = self.catchups.first() {
             let series = [
@@ -425,10 +425,10 @@ impl SuiteReport {
                     "votes",
                     false,
                     &series,
-                ),
+                )?,
             ));
         }
-        charts
+        Ok(charts)
     }
 }
 
@@ -457,7 +457,7 @@ pub fn write(report: &SuiteReport, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("report.md"), report.markdown())?;
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(report)?)?;
-    for (name, svg) in report.charts() {
+    for (name, svg) in report.charts()? {
         std::fs::write(dir.join(name), svg)?;
     }
     Ok(())
