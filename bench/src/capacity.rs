@@ -6,7 +6,7 @@
 
 use std::{future::Future, time::Duration};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::report::Step;
 
@@ -29,7 +29,7 @@ pub struct Stepping {
 }
 
 /// Why the search stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stop {
     /// A step failed: the capacity is below its rate.

@@ -25,10 +25,10 @@ use rdkafka::{
     producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
     util::Timeout,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What one peer did: `items` (records, documents, requests) in `seconds`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerRun {
     pub peer: String,
     pub items: u64,

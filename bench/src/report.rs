@@ -2,12 +2,12 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{capacity::Stop, open_loop::Measured, target::Target};
 
 /// One step of load, summarized. Latencies are of the successful answers, from due time to answer.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Step {
     pub target: String,
     /// `run`, `capacity` or `latency`.

@@ -2,6 +2,8 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
+use anyhow::Context as _;
+
 use crate::{
     chart::{self, Bar, BarGroup, Series},
     peers::PeerRun,
@@ -349,7 +351,7 @@ impl SuiteReport {
     }
 
     /// The charts, as (file name, SVG).
-    pub fn charts(&self) -> Vec<(&'static str, String)> {
+    pub fn charts(&self) -> anyhow::Result<Vec<(&'static str, String)>> {
         let mut charts = Vec::new();
         let groups: Vec<BarGroup> = self
             .plan
@@ -371,7 +373,7 @@ impl SuiteReport {
                 "votes/s",
                 &["with Kafka", "no-op route"],
                 &groups,
-            ),
+            )?,
         ));
         let mut by_variant: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
         for step in &self.latency {
@@ -383,7 +385,7 @@ impl SuiteReport {
             by_variant.into_iter().map(|(name, points)| Series { name: name.to_owned(), points }).collect();
         charts.push((
             "latency.svg",
-            chart::line_chart("p99 latency by load", "% of the route's capacity", "p99 (ms)", true, &series),
+            chart::line_chart("p99 latency by load", "% of the route's capacity", "p99 (ms)", true, &series)?,
         ));
         let steps: Vec<&EndToEnd> = self.e2e.iter().filter(|s| s.label != "warm-up").collect();
         let mut sorted = steps.clone();
@@ -404,7 +406,7 @@ impl SuiteReport {
                     line("p99", |s| s.visible_p99_ms),
                     line("p99.9", |s| s.visible_p999_ms),
                 ],
-            ),
+            )?,
         ));
         if let Some(catch_up) = self.catchups.first() {
             let series = [
@@ -425,10 +427,10 @@ impl SuiteReport {
                     "votes",
                     false,
                     &series,
-                ),
+                )?,
             ));
         }
-        charts
+        Ok(charts)
     }
 }
 
@@ -457,8 +459,41 @@ pub fn write(report: &SuiteReport, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("report.md"), report.markdown())?;
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(report)?)?;
-    for (name, svg) in report.charts() {
-        std::fs::write(dir.join(name), svg)?;
+    write_charts(report, dir)
+}
+
+/// Draws the charts of the `report.json` at `json` again, into `dir`, measuring nothing.
+pub fn redraw(json: &Path, dir: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read(json).with_context(|| format!("reading {}", json.display()))?;
+    let report: SuiteReport =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not a suite report", json.display()))?;
+    std::fs::create_dir_all(dir)?;
+    write_charts(&report, dir)
+}
+
+fn write_charts(report: &SuiteReport, dir: &Path) -> anyhow::Result<()> {
+    for (name, svg) in report.charts()? {
+        let path = dir.join(name);
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_report_reads_back_and_draws_the_same_charts() {
+        let stored: SuiteReport = serde_json::from_str(include_str!("../../docs/bench/full-report.json")).unwrap();
+        let again: SuiteReport = serde_json::from_slice(&serde_json::to_vec(&stored).unwrap()).unwrap();
+        let charts = stored.charts().unwrap();
+        assert_eq!(charts, again.charts().unwrap());
+        let names: Vec<&str> = charts.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["capacity.svg", "latency.svg", "end-to-end.svg", "catch-up.svg"]);
+        // Every route of the run is a group of the capacity chart.
+        for target in &stored.plan.targets {
+            assert!(charts[0].1.contains(&format!("\n{}\n</text>", target.name())), "{}", target.name());
+        }
+    }
 }

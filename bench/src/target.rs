@@ -9,14 +9,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bandvote_proto::v1::{Vote, votes_client::VotesClient};
 use bandvote_testkit::vote;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 /// The votes cycle through [`bandvote_testkit::BANDS`] and five ranks; 40 covers every pairing.
 const BODIES: usize = 40;
 
 /// One route of ingest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// `POST /votes`, one vote.

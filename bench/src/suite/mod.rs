@@ -31,7 +31,7 @@ use anyhow::{Context as _, ensure};
 use bandvote_chaos::{Layout, Stack};
 use bandvote_ops::config::parse_duration;
 use bandvote_testkit::servers::{Kind, free_port};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     Step, Target,
@@ -49,7 +49,7 @@ mod end_to_end;
 mod ingest;
 
 /// How long and how wide a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
     /// Seconds: proves the run works (the test suite runs it).
@@ -93,10 +93,13 @@ pub struct SuiteConfig {
     /// Length of the sustained end-to-end run (default by profile).
     #[arg(long, value_parser = parse_duration)]
     pub sustain: Option<Duration>,
+    /// Measure nothing: draw the charts of this `report.json` of an earlier run into `--out`.
+    #[arg(long, value_name = "REPORT_JSON")]
+    pub charts_from: Option<PathBuf>,
 }
 
 /// The numbers of a profile.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub profile: Profile,
     pub targets: Vec<Target>,
@@ -231,7 +234,7 @@ impl Variant {
 }
 
 /// One capacity search of one variant.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Search {
     pub variant: String,
     /// 0 for the first estimate, then 1, 2, ...
@@ -248,7 +251,7 @@ pub struct Search {
 }
 
 /// A catch-up of one backlog by one consumer replica.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CatchUp {
     pub backlog: u64,
     /// Votes per second counted in Redis, between 5% and 95% of the backlog.
@@ -264,7 +267,7 @@ pub struct CatchUp {
 }
 
 /// One end-to-end step: traced votes at one rate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndToEnd {
     pub label: String,
     pub offered_per_s: f64,
@@ -286,7 +289,7 @@ pub struct EndToEnd {
 }
 
 /// The exact reckoning after the end-to-end runs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reckoning {
     /// Votes accepted over the whole run up to the reckoning (backlogs and end to end).
     pub accepted: u64,
@@ -307,7 +310,7 @@ impl Reckoning {
 }
 
 /// Everything a suite run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SuiteReport {
     pub plan: Plan,
     pub started: String,

@@ -30,6 +30,7 @@ async fn the_smoke_profile_measures_every_phase_and_counts_exactly() {
         rounds: None,
         backlog: None,
         sustain: None,
+        charts_from: None,
     };
     let report = run(&config).await.expect("the smoke run finishes");
     let text = report.markdown();
