@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod secure_kafka;
 pub mod servers;
+pub mod stack;
 
 use std::{
     collections::BTreeMap,
@@ -92,20 +93,30 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit is one level below the root").to_path_buf()
 }
 
-/// Polls `check` every 100 ms until it passes, or returns its last word after `within`.
-pub async fn wait_until<T, F, Fut>(within: Duration, mut check: F) -> Result<T, String>
+/// Polls `check` every `period` until it passes, or returns its last word after `within`. This is
+/// the harness's one polling loop: every wait for a state to show up goes through it.
+pub async fn poll_until<T, E, F, Fut>(period: Duration, within: Duration, mut check: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let deadline = Instant::now() + within;
     loop {
         match check().await {
             Ok(value) => return Ok(value),
             Err(last) if Instant::now() >= deadline => return Err(last),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => tokio::time::sleep(period).await,
         }
     }
+}
+
+/// [`poll_until`] every 100 ms, with the last word as text.
+pub async fn wait_until<T, F, Fut>(within: Duration, check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    poll_until(Duration::from_millis(100), within, check).await
 }
 
 /// [`wait_until`], for tests: panics after `within` with `what` and the last word.
@@ -118,6 +129,37 @@ where
         Ok(value) => value,
         Err(last) => panic!("timed out after {within:?} waiting for {what}; last: {last}"),
     }
+}
+
+/// `Ok` when a GET of `url` answers with a success status (a `/readyz` or `/healthz`), else what
+/// it answered instead.
+pub async fn answers_ok(client: &reqwest::Client, url: &str) -> Result<(), String> {
+    let status = client.get(url).send().await.map_err(|e| e.to_string())?.status();
+    if status.is_success() { Ok(()) } else { Err(format!("{url} answered {status}")) }
+}
+
+/// The value of `name` in a Prometheus text page, summed over the series whose labels contain
+/// `labels` (`""` for all); `None` when no series matches.
+pub fn metric(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (series, value) = match rest.strip_prefix('{') {
+            Some(labelled) => match labelled.split_once('}') {
+                Some((series, value)) => (series, value),
+                None => continue,
+            },
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
+        };
+        if !series.contains(labels) {
+            continue;
+        }
+        if let Ok(value) = value.trim().parse::<f64>() {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
 }
 
 /// The tallies the consumer wrote under one key prefix.
@@ -332,4 +374,45 @@ pub fn wasmtime() -> PathBuf {
             cached.display()
         )
     })
+}
+
+/// The command line of `wasmtime serve` running `component` on `127.0.0.1:port` in front of a
+/// native ingest, as in the Wasm route's pod: the component posts its votes to `ingest_url` and
+/// asks `ingest_ops_url` whether it is ready; `env` adds more of the component's settings. The
+/// caller chooses where the output goes, then spawns it.
+pub fn wasmtime_serve(
+    wasmtime: &Path,
+    component: &Path,
+    port: u16,
+    ingest_url: &str,
+    ingest_ops_url: &str,
+    env: &[(&str, &str)],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(wasmtime);
+    command.args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")]);
+    command.args(["--env", &format!("INGEST_URL={ingest_url}")]);
+    command.args(["--env", &format!("INGEST_OPS_URL={ingest_ops_url}")]);
+    for (name, value) in env {
+        command.args(["--env", &format!("{name}={value}")]);
+    }
+    command.arg(component);
+    command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric;
+
+    #[test]
+    fn a_metric_is_summed_over_its_matching_series_only() {
+        let page = "# TYPE x counter\n\
+                    bandvote_consumer_assigned_partitions 2\n\
+                    bandvote_consumer_assigned_partitions_other 9\n\
+                    bandvote_consumer_position_seeks_total{reason=\"redis_behind\"} 3\n\
+                    bandvote_consumer_position_seeks_total{reason=\"no_position\"} 4\n";
+        assert_eq!(metric(page, "bandvote_consumer_assigned_partitions", ""), Some(2.0));
+        assert_eq!(metric(page, "bandvote_consumer_position_seeks_total", ""), Some(7.0));
+        assert_eq!(metric(page, "bandvote_consumer_position_seeks_total", "reason=\"redis_behind\""), Some(3.0));
+        assert_eq!(metric(page, "bandvote_consumer_votes_counted_total", ""), None);
+    }
 }
