@@ -138,6 +138,27 @@ pub async fn answers_ok(client: &reqwest::Client, url: &str) -> Result<(), Strin
     if status.is_success() { Ok(()) } else { Err(format!("{url} answered {status}")) }
 }
 
+/// Waits until a GET of `url` answers a success status while `child`, the process that serves it,
+/// runs: for `within` at most, and no longer than the child lives. Says why not: the child's exit,
+/// or the last answer.
+pub async fn serving(
+    child: &mut std::process::Child,
+    client: &reqwest::Client,
+    url: &str,
+    within: Duration,
+) -> Result<(), String> {
+    let child = std::sync::Mutex::new(child);
+    let outcome = wait_until(within, || async {
+        if let Ok(Some(exit)) = child.lock().expect("the child's lock").try_wait() {
+            // An `Ok` ends the wait: the child will not start serving any more.
+            return Ok(Err(format!("the process exited with {exit}")));
+        }
+        answers_ok(client, url).await.map(Ok)
+    })
+    .await;
+    outcome.and_then(|served| served)
+}
+
 /// The value of `name` in a Prometheus text page, summed over the series whose labels contain
 /// `labels` (`""` for all); `None` when no series matches.
 pub fn metric(page: &str, name: &str, labels: &str) -> Option<f64> {

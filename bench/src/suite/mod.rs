@@ -30,7 +30,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use bandvote_ops::config::parse_duration;
 use bandvote_testkit::{
-    metric,
+    metric, poll_until,
     servers::Kind,
     stack::{Layout, Stack, WasmFront},
 };

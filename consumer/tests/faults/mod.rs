@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use bandvote_domain::RedisKeys;
 use bandvote_testkit::{
-    Services, VoteLog, read_tallies,
+    Services, VoteLog, answers_ok, read_tallies,
     servers::{Kind, PrivateServer, SlowProxy, free_port},
     unique, wait_for,
 };
@@ -22,13 +22,8 @@ use super::{Pipeline, Replica, counted, progress_beyond, send_load};
 /// The sum of every series of the metric `name` whose labels contain `labels`, from the consumer
 /// whose metrics are on `port` (`None` while it does not answer or has no such series).
 async fn metric(port: u16, name: &str, labels: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']) && line.contains(labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
+    bandvote_testkit::metric(&page, name, labels)
 }
 
 /// Waits until the metric reaches `at_least`, and returns it.
@@ -43,11 +38,9 @@ async fn metric_at_least(port: u16, name: &str, labels: &str, at_least: f64) -> 
 }
 
 async fn wait_ready(port: u16) {
-    wait_for(&format!("the consumer on :{port} to be ready"), Duration::from_secs(60), || async {
-        let status = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.map_err(|e| e.to_string())?.status();
-        if status.is_success() { Ok(()) } else { Err(status.to_string()) }
-    })
-    .await
+    let (client, ready) = (reqwest::Client::new(), format!("http://127.0.0.1:{port}/readyz"));
+    wait_for(&format!("the consumer on :{port} to be ready"), Duration::from_secs(60), || answers_ok(&client, &ready))
+        .await
 }
 
 impl Pipeline {
