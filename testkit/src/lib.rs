@@ -20,11 +20,9 @@ use std::{
 };
 
 use bandvote_domain::RedisKeys;
+use bandvote_ops::tallies::{self, Counts};
 use mongodb::bson::{Document, doc};
-use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
+use rdkafka::{ClientConfig, Message, consumer::BaseConsumer};
 
 /// The addresses of the local services (overridable with the services' usual variables).
 #[derive(Debug, Clone)]
@@ -196,45 +194,40 @@ pub struct Tallies {
     pub dead_letters: u64,
 }
 
-/// Reads every tally under `prefix` from Redis.
+/// Reads every tally under `prefix` from Redis: the product's reader ([`Counts::read`]) and, in
+/// the same transaction, what only the tests look at (the leaderboard, the average ranks and the
+/// dead letters).
 pub async fn read_tallies(redis_url: &str, prefix: &str) -> Tallies {
     let keys = RedisKeys::new(prefix);
     let client = redis::Client::open(redis_url).expect("valid Redis URL");
     let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
     // One MULTI/EXEC, so that the snapshot is consistent while the consumers are counting.
-    type Snapshot = (
-        BTreeMap<String, u64>,
-        BTreeMap<String, u64>,
-        BTreeMap<String, u64>,
-        BTreeMap<String, u64>,
-        BTreeMap<String, f64>,
-        Vec<(String, f64)>,
-        Option<u64>,
-        Option<u64>,
-    );
-    let (by_band, by_album, by_route, per_second, rank_avg, leaderboard, total, dead_letters): Snapshot = redis::pipe()
-        .atomic()
-        .hgetall(keys.by_band())
-        .hgetall(keys.by_album())
-        .hgetall(keys.by_route())
-        .hgetall(keys.per_second())
-        .hgetall(keys.rank_avg())
-        .zrange_withscores(keys.leaderboard(), 0, -1)
-        .get(keys.total())
-        .get(keys.dead_letters())
-        .query_async(&mut redis)
-        .await
-        .expect("read the tallies");
+    let mut pipe = redis::pipe();
+    tallies::reads(pipe.atomic(), &keys);
+    pipe.hgetall(keys.rank_avg()).zrange_withscores(keys.leaderboard(), 0, -1).get(keys.dead_letters());
+    let mut replies: Vec<redis::Value> = pipe.query_async(&mut redis).await.expect("read the tallies");
+    let extras = replies.split_off(tallies::READS);
+    let counted = Counts::from_replies(replies).expect("the tallies");
+    type Extras = (BTreeMap<String, f64>, Vec<(String, f64)>, Option<u64>);
+    let (rank_avg, leaderboard, dead_letters): Extras =
+        redis::from_redis_value(redis::Value::Array(extras)).expect("the leaderboard, average ranks and dead letters");
     Tallies {
-        total: total.unwrap_or(0),
-        by_band,
-        by_album,
-        by_route,
+        total: counted.total,
+        by_band: counted.bands,
+        by_album: counted.albums,
+        by_route: counted.routes,
         leaderboard: leaderboard.into_iter().map(|(band, score)| (band, score as u64)).collect(),
-        per_second_sum: per_second.values().sum(),
+        per_second_sum: counted.seconds.values().sum(),
         rank_avg,
         dead_letters: dead_letters.unwrap_or(0),
     }
+}
+
+/// The votes refused when they were counted, by reason code (`<prefix>:votes:refused`).
+pub async fn read_refused(redis_url: &str, prefix: &str) -> BTreeMap<String, u64> {
+    let client = redis::Client::open(redis_url).expect("valid Redis URL");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
+    Counts::read(&mut redis, &RedisKeys::new(prefix)).await.expect("the tallies").refused
 }
 
 /// The vote log of one database.
@@ -273,7 +266,7 @@ impl VoteLog {
 /// A Kafka record's key and payload.
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// Reads every record of `topic` from the beginning up to its current end.
+/// Reads every record of `topic` from the beginning up to its current end, within 30 s.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -282,38 +275,12 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawRecord> {
         .set("broker.address.family", "v4")
         .create()
         .expect("a Kafka reader");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
-    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0;
-    let mut ends = BTreeMap::new();
-    for &partition in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
-        remaining += high - low;
-        ends.insert(partition, high);
-    }
-    consumer.assign(&assignment).expect("assign");
     let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while remaining > 0 && Instant::now() < deadline {
-        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
-            let message = message.expect("a record");
-            if message.offset() < ends[&message.partition()] {
-                records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
-                remaining -= 1;
-            }
-        }
-    }
-    assert_eq!(remaining, 0, "could not read all of topic {topic}");
+    bandvote_ops::topics::read_to_end(&consumer, topic, Duration::from_secs(30), |message| {
+        records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
+    })
+    .unwrap_or_else(|err| panic!("could not read all of topic {topic}: {err}"));
     records
-}
-
-/// The votes refused when they were counted, by reason code (`<prefix>:votes:refused`).
-pub async fn read_refused(redis_url: &str, prefix: &str) -> BTreeMap<String, u64> {
-    let client = redis::Client::open(redis_url).expect("valid Redis URL");
-    let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
-    redis::cmd("HGETALL").arg(RedisKeys::new(prefix).refused()).query_async(&mut redis).await.expect("HGETALL")
 }
 
 /// Deletes every Redis key under `prefix`.

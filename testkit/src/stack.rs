@@ -26,10 +26,7 @@ use bandvote_domain::RedisKeys;
 use bandvote_ops::config::KafkaArgs;
 use futures::FutureExt as _;
 use mongodb::bson::{Document, doc};
-use rdkafka::{
-    Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer as _},
-};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 /// The stack's Kafka: one broker, or a cluster of nodes shaped like production.
 pub enum Kafka {
@@ -409,18 +406,13 @@ impl Stack {
     /// The consumer group's committed offset of every partition (0 where it has none). The
     /// consumers commit an offset only after the records below it are counted and logged.
     pub async fn committed_offsets(&self) -> Result<BTreeMap<i32, i64>, String> {
+        let partitions: Vec<i32> = (0..Self::PARTITIONS).collect();
+        let timeout = Duration::from_secs(5);
         let committed = self
             .offsets
-            .read(|client| {
-                let mut wanted = TopicPartitionList::new();
-                for p in 0..Self::PARTITIONS {
-                    wanted.add_partition(Self::TOPIC, p);
-                }
-                client.committed_offsets(wanted, Duration::from_secs(5))
-            })
+            .read(move |client| bandvote_ops::topics::committed(client, Self::TOPIC, &partitions, timeout))
             .await?;
-        let offset = |o: Offset| if let Offset::Offset(n) = o { n } else { 0 };
-        Ok(committed.elements().iter().map(|e| (e.partition(), offset(e.offset()))).collect())
+        Ok((0..Self::PARTITIONS).map(|p| (p, committed.get(&p).copied().unwrap_or(0))).collect())
     }
 
     /// Records of the votes topic below `ends` that the group has not committed yet.

@@ -12,10 +12,7 @@ use bandvote_testkit::{
     servers::{Kind, PrivateServer, SlowProxy, free_port},
     unique, wait_for,
 };
-use rdkafka::{
-    TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
+use rdkafka::consumer::BaseConsumer;
 
 use super::{Pipeline, Replica, counted, progress_beyond, send_load};
 
@@ -71,19 +68,8 @@ impl Pipeline {
             .set("broker.address.family", "v4")
             .create()
             .expect("a Kafka client");
-        let mut wanted = TopicPartitionList::new();
-        for partition in 0..6 {
-            wanted.add_partition(&self.topic, partition);
-        }
-        let found = consumer.committed_offsets(wanted, Duration::from_secs(10)).expect("committed offsets");
-        found
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                rdkafka::Offset::Offset(offset) => Some((e.partition(), offset)),
-                _ => None,
-            })
-            .collect()
+        bandvote_ops::topics::committed(&consumer, &self.topic, &[0, 1, 2, 3, 4, 5], Duration::from_secs(10))
+            .expect("committed offsets")
     }
 }
 
