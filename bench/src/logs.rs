@@ -36,7 +36,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use bandvote_consumer::log_store::{KafkaVote, LogStore};
 use bandvote_domain::{LogTallies, MongoNames, VotePage};
 use bandvote_ops::config::parse_duration;
@@ -252,12 +252,10 @@ async fn start_process(program: &Path, args: &[String], log: &Path, url: &str) -
         .spawn()
         .with_context(|| format!("{} does not start", program.display()))?;
     let mut process = Process(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
-        ensure!(process.0.try_wait()?.is_none(), "{} exited; see {}", program.display(), log.display());
-        ensure!(Instant::now() < deadline, "{url} did not answer within 60 s; see {}", log.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let within = Duration::from_secs(60);
+    bandvote_testkit::serving(&mut process.0, &reqwest::Client::new(), url, within).await.map_err(|why| {
+        anyhow::anyhow!("{} did not answer {url} within {within:?} ({why}); see {}", program.display(), log.display())
+    })?;
     Ok(process)
 }
 

@@ -14,7 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{load::Load, stack::Stack};
+use bandvote_testkit::stack::Stack;
+
+use crate::load::Load;
 
 /// The first rate offered, in votes per second.
 pub const FIRST_RATE: u32 = 1000;

@@ -32,7 +32,6 @@ pub mod capacity;
 mod load;
 pub mod overload;
 mod report;
-mod stack;
 
 use std::{
     collections::BTreeMap,
@@ -44,16 +43,17 @@ use anyhow::Context as _;
 use bandvote_consumer::audit::{self, AuditConfig, Counts};
 use clap::Parser;
 
+use bandvote_testkit::{
+    metric, poll_until,
+    stack::{Kafka, Layout, Stack, blocking_without_panic, without_panic},
+    wait_until,
+};
+
+use crate::load::Load;
 pub use crate::{
     load::Ledger,
     report::{LeaderChange, Offered, REPLICAS, Recovery, ReplicaCheck, Report},
-    stack::{Kafka, Layout, Stack, metric},
 };
-use crate::{
-    load::Load,
-    stack::{blocking_without_panic, without_panic},
-};
-use bandvote_testkit::wait_until;
 
 /// Kafka nodes of the chaos run's cluster.
 const KAFKA_NODES: usize = 3;
@@ -295,11 +295,11 @@ impl Faults<'_> {
     /// Reads each of the five replicas' metrics until every one holds a partition and has counted
     /// votes (or [`REPLICAS_WITHIN`] passed), and keeps what they said.
     async fn check_replicas(&mut self) {
-        let deadline = Instant::now() + REPLICAS_WITHIN;
-        loop {
+        let stack = &*self.stack;
+        let read = || async move {
             let mut replicas = Vec::new();
             for replica in 0..REPLICAS {
-                replicas.push(match self.stack.consumer_metrics(replica).await {
+                replicas.push(match stack.consumer_metrics(replica).await {
                     Ok(page) => {
                         let value = |name| metric(&page, name, "").unwrap_or(0.0) as u64;
                         ReplicaCheck {
@@ -312,12 +312,11 @@ impl Faults<'_> {
                     Err(why) => ReplicaCheck { replica, assigned: 0, counted: 0, unreadable: Some(why) },
                 });
             }
-            if replicas.iter().all(ReplicaCheck::worked) || Instant::now() >= deadline {
-                self.report.replicas = replicas;
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+            if replicas.iter().all(ReplicaCheck::worked) { Ok(replicas) } else { Err(replicas) }
+        };
+        // What the replicas said last is kept whether or not every one of them worked by then.
+        let replicas = poll_until(Duration::from_secs(1), REPLICAS_WITHIN, read).await;
+        self.report.replicas = replicas.unwrap_or_else(|last| last);
     }
 
     async fn scaled_down(&mut self) -> Result<(), Stopped> {

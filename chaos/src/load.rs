@@ -19,10 +19,8 @@ use std::{
 use bandvote_consumer::audit::Counts;
 use bandvote_domain::{RedisKeys, Route};
 use bandvote_proto::v1::{Vote, votes_client::VotesClient};
-use bandvote_testkit::vote;
+use bandvote_testkit::{stack::Stack, vote};
 use tokio::sync::Semaphore;
-
-use crate::stack::Stack;
 
 /// Votes being sent (or re-sent) at once, at most.
 const MOST_IN_FLIGHT: u32 = 4000;

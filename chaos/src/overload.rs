@@ -14,10 +14,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bandvote_testkit::vote;
+use bandvote_testkit::{
+    poll_until,
+    stack::{Layout, Stack},
+    vote,
+};
 use serde_json::{Value, json};
-
-use crate::stack::{Layout, Stack};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -188,10 +190,11 @@ pub async fn run(config: &OverloadConfig) -> anyhow::Result<OverloadReport> {
         report.phases.push(phase);
     }
     let accepted = report.accepted;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while stack.counted().await < accepted && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The count is read again below whether or not it got there, so the wait's outcome is not needed.
+    let _ = poll_until(Duration::from_millis(200), Duration::from_secs(180), || async {
+        if stack.counted().await >= accepted { Ok(()) } else { Err(()) }
+    })
+    .await;
     report.counted = stack.counted().await;
     stack.shutdown().await;
     Ok(report)

@@ -10,12 +10,10 @@ use std::{
 
 use bandvote_domain::{LogDocument, RedisKeys, VoteEvent};
 use bandvote_ops::config::KafkaArgs;
+pub use bandvote_ops::tallies::{Counts, Difference};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, RawBsonRef, RawDocument, RawDocumentBuf, doc};
-use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
+use rdkafka::{Message, consumer::BaseConsumer};
 use redis::aio::ConnectionManager;
 
 use crate::{
@@ -23,96 +21,6 @@ use crate::{
     rebuild::{RebuildSettings, Rebuilt},
     tally::Tally,
 };
-
-/// Vote counts, keyed the way the Redis hashes are.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Counts {
-    pub total: u64,
-    pub bands: BTreeMap<String, u64>,
-    /// `band / album` → votes.
-    pub albums: BTreeMap<String, u64>,
-    pub routes: BTreeMap<String, u64>,
-    /// `band / album` → sum of ranks.
-    pub rank_sums: BTreeMap<String, f64>,
-    /// Unix second of acceptance → votes.
-    pub seconds: BTreeMap<String, u64>,
-    /// Refusal code → votes refused (not counted in any of the above).
-    pub refused: BTreeMap<String, u64>,
-}
-
-impl Counts {
-    /// Adds a logged vote: to the tallies when it was counted, to `refused` when it was not.
-    pub fn add_logged(&mut self, vote: &KafkaVote) {
-        match vote.refused {
-            None => self.add(&vote.event),
-            Some(reason) => *self.refused.entry(reason.code().to_owned()).or_default() += 1,
-        }
-    }
-
-    pub fn add(&mut self, event: &VoteEvent) {
-        let ballot = &event.ballot;
-        let album = RedisKeys::album_field(&ballot.band, &ballot.album);
-        self.total += 1;
-        *self.bands.entry(ballot.band.clone()).or_default() += 1;
-        *self.routes.entry(event.route.as_str().to_owned()).or_default() += 1;
-        *self.rank_sums.entry(album.clone()).or_default() += ballot.rank.get();
-        *self.albums.entry(album).or_default() += 1;
-        *self.seconds.entry(event.received_at_ms.div_euclid(1000).to_string()).or_default() += 1;
-    }
-
-    /// Every count that differs between `self` and `other`. Rank sums are floating point and
-    /// compare within a relative 1e-9.
-    pub fn differences(&self, other: &Counts) -> Vec<Difference> {
-        let mut found = Vec::new();
-        if self.total != other.total {
-            found.push(Difference::new("total", "", self.total as f64, other.total as f64));
-        }
-        for (what, ours, theirs) in [
-            ("band", &self.bands, &other.bands),
-            ("album", &self.albums, &other.albums),
-            ("route", &self.routes, &other.routes),
-            ("second", &self.seconds, &other.seconds),
-            ("refused", &self.refused, &other.refused),
-        ] {
-            for key in ours.keys().chain(theirs.keys()).collect::<std::collections::BTreeSet<_>>() {
-                let (a, b) = (ours.get(key).copied().unwrap_or(0), theirs.get(key).copied().unwrap_or(0));
-                if a != b {
-                    found.push(Difference::new(what, key, a as f64, b as f64));
-                }
-            }
-        }
-        let sums = &self.rank_sums;
-        for key in sums.keys().chain(other.rank_sums.keys()).collect::<std::collections::BTreeSet<_>>() {
-            let (a, b) = (sums.get(key).copied().unwrap_or(0.0), other.rank_sums.get(key).copied().unwrap_or(0.0));
-            if (a - b).abs() > 1e-9 * a.abs().max(b.abs()).max(1.0) {
-                found.push(Difference::new("rank sum", key, a, b));
-            }
-        }
-        found
-    }
-}
-
-/// One count that two sources disagree on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Difference {
-    pub what: &'static str,
-    pub key: String,
-    pub expected: f64,
-    pub found: f64,
-}
-
-impl Difference {
-    fn new(what: &'static str, key: &str, expected: f64, found: f64) -> Self {
-        Difference { what, key: key.to_owned(), expected, found }
-    }
-}
-
-impl fmt::Display for Difference {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let key = if self.key.is_empty() { String::new() } else { format!(" {:?}", self.key) };
-        write!(f, "{}{key}: expected {}, found {}", self.what, self.expected, self.found)
-    }
-}
 
 /// What reading the log found.
 #[derive(Debug, Default)]
@@ -189,7 +97,7 @@ pub async fn count_log(log: &LogStore) -> mongodb::error::Result<LogCount> {
     while let Some(vote) = reader.next_logged().await? {
         match vote {
             Ok(vote) => {
-                found.counts.add_logged(&vote);
+                found.counts.add_logged(&vote.event, vote.refused);
                 if let (None, Some(voter)) = (vote.refused, &vote.event.ballot.voter_id) {
                     *found.voters.entry(voter.clone()).or_default() += 1;
                     *found.voter_bands.entry((voter.clone(), vote.event.ballot.band.clone())).or_default() += 1;
@@ -213,38 +121,7 @@ fn id_of(document: &RawDocument) -> String {
 
 /// Reads the tallies from Redis in one transaction, so they are from one moment.
 pub async fn count_redis(redis: &ConnectionManager, keys: &RedisKeys) -> redis::RedisResult<Counts> {
-    let mut pipe = redis::pipe();
-    tally_reads(pipe.atomic(), keys);
-    let replies: Vec<redis::Value> = pipe.query_async(&mut redis.clone()).await?;
-    tallies_from(replies)
-}
-
-/// Adds the reads of every tally to `pipe`, for [`tallies_from`].
-pub(crate) fn tally_reads(pipe: &mut redis::Pipeline, keys: &RedisKeys) {
-    pipe.get(keys.total())
-        .hgetall(keys.by_band())
-        .hgetall(keys.by_album())
-        .hgetall(keys.by_route())
-        .hgetall(keys.rank_sum())
-        .hgetall(keys.per_second())
-        .hgetall(keys.refused());
-}
-
-/// The tallies from the replies to [`tally_reads`].
-pub(crate) fn tallies_from(replies: Vec<redis::Value>) -> redis::RedisResult<Counts> {
-    type Hash = BTreeMap<String, String>;
-    let (total, bands, albums, routes, sums, seconds, refused): (Option<u64>, Hash, Hash, Hash, Hash, Hash, Hash) =
-        redis::from_redis_value(redis::Value::Array(replies))?;
-    let whole = |hash: Hash| hash.into_iter().map(|(k, v)| (k, v.parse().unwrap_or(u64::MAX))).collect();
-    Ok(Counts {
-        total: total.unwrap_or(0),
-        bands: whole(bands),
-        albums: whole(albums),
-        routes: whole(routes),
-        rank_sums: sums.into_iter().map(|(k, v)| (k, v.parse().unwrap_or(f64::NAN))).collect(),
-        seconds: whole(seconds),
-        refused: whole(refused),
-    })
+    Counts::read(&mut redis.clone(), keys).await
 }
 
 /// The leaderboard's bands whose score differs from the band hash.
@@ -293,37 +170,9 @@ pub fn replay_kafka(kafka: &KafkaArgs, within: Duration) -> anyhow::Result<Kafka
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(&kafka.topic), Duration::from_secs(10))?;
-    let topic = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == kafka.topic)
-        .ok_or_else(|| anyhow::anyhow!("topic {} not found", kafka.topic))?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
     let mut replay = KafkaReplay::default();
-    for partition in topic.partitions() {
-        let id = partition.id();
-        let (low, high) = consumer.fetch_watermarks(&kafka.topic, id, Duration::from_secs(10))?;
-        if low > 0 {
-            replay.truncated.insert(id, low);
-        }
-        if high > low {
-            assignment.add_partition_offset(&kafka.topic, id, Offset::Offset(low))?;
-            ends.insert(id, high);
-        }
-    }
-    consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + within;
     let mut seen = HashSet::new();
-    while !ends.is_empty() {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the topic was not read to its end within {within:?}");
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let message = message?;
-        let partition = message.partition();
-        if ends.get(&partition).is_some_and(|end| message.offset() + 1 >= *end) {
-            ends.remove(&partition);
-        }
+    replay.truncated = bandvote_ops::topics::read_to_end(&consumer, &kafka.topic, within, |message| {
         replay.records += 1;
         match VoteEvent::decode(message.payload()) {
             Ok(event) => {
@@ -335,7 +184,7 @@ pub fn replay_kafka(kafka: &KafkaArgs, within: Duration) -> anyhow::Result<Kafka
             }
             Err(_) => replay.not_votes += 1,
         }
-    }
+    })?;
     Ok(replay)
 }
 

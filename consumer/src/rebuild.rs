@@ -21,10 +21,7 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use anyhow::Context as _;
 use bandvote_ops::config::KafkaArgs;
-use rdkafka::{
-    Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use redis::Script;
 
 use crate::{
@@ -184,19 +181,7 @@ fn partitions_of(kafka: &KafkaArgs) -> anyhow::Result<Vec<i32>> {
 fn committed(settings: &RebuildSettings, partitions: &[i32]) -> anyhow::Result<BTreeMap<i32, i64>> {
     let consumer: BaseConsumer =
         settings.kafka.client_config("bandvote-rebuild").set("group.id", &settings.group).create()?;
-    let mut wanted = TopicPartitionList::new();
-    for &p in partitions {
-        wanted.add_partition(&settings.kafka.topic, p);
-    }
-    let found = consumer.committed_offsets(wanted, Duration::from_secs(10))?;
-    Ok(found
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(offset) => Some((e.partition(), offset)),
-            _ => None,
-        })
-        .collect())
+    Ok(bandvote_ops::topics::committed(&consumer, &settings.kafka.topic, partitions, Duration::from_secs(10))?)
 }
 
 /// Positions and tallies read in one transaction.
@@ -218,7 +203,7 @@ impl Snapshot {
         for &p in partitions {
             pipe.hgetall(keys.voters(tally.topic(), p));
         }
-        crate::audit::tally_reads(&mut pipe, keys);
+        bandvote_ops::tallies::reads(&mut pipe, keys);
         let mut replies: Vec<redis::Value> = pipe.query_async(&mut tally.connection().clone()).await?;
         let tallies = replies.split_off(2 * partitions.len());
         let counts = replies.split_off(partitions.len());
@@ -232,7 +217,7 @@ impl Snapshot {
             let fields: BTreeMap<String, u64> = redis::from_redis_value(value)?;
             voters.extend(fields.into_iter().map(|(field, n)| ((p, field), n)));
         }
-        Ok(Snapshot { positions, counts: crate::audit::tallies_from(tallies)?, voters })
+        Ok(Snapshot { positions, counts: Counts::from_replies(tallies)?, voters })
     }
 }
 
@@ -286,7 +271,7 @@ async fn count_log_below(
         if let Ok(vote) = vote
             && cut.get(&vote.partition).is_some_and(|&c| vote.offset < c)
         {
-            counts.add_logged(&vote);
+            counts.add_logged(&vote.event, vote.refused);
             if let (None, Some(voter)) = (vote.refused, &vote.event.ballot.voter_id) {
                 if rules.max_votes.is_some() {
                     *voters.entry((vote.partition, voter.clone())).or_default() += 1;

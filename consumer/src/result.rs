@@ -61,7 +61,7 @@ pub async fn compute(
     let mut line = String::new();
     while let Some(vote) = reader.next_logged().await.context("cannot read the vote log")? {
         let vote = vote.map_err(|(id, why)| anyhow::anyhow!("document {id} is not a vote: {why}"))?;
-        counts.add_logged(&vote);
+        counts.add_logged(&vote.event, vote.refused);
         documents += 1;
         let (event, ballot) = (&vote.event, &vote.event.ballot);
         line.clear();

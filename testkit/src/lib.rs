@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod secure_kafka;
 pub mod servers;
+pub mod stack;
 
 use std::{
     collections::BTreeMap,
@@ -19,11 +20,9 @@ use std::{
 };
 
 use bandvote_domain::RedisKeys;
+use bandvote_ops::tallies::{self, Counts};
 use mongodb::bson::{Document, doc};
-use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
+use rdkafka::{ClientConfig, Message, consumer::BaseConsumer};
 
 /// The addresses of the local services (overridable with the services' usual variables).
 #[derive(Debug, Clone)]
@@ -92,20 +91,30 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit is one level below the root").to_path_buf()
 }
 
-/// Polls `check` every 100 ms until it passes, or returns its last word after `within`.
-pub async fn wait_until<T, F, Fut>(within: Duration, mut check: F) -> Result<T, String>
+/// Polls `check` every `period` until it passes, or returns its last word after `within`. This is
+/// the harness's one polling loop: every wait for a state to show up goes through it.
+pub async fn poll_until<T, E, F, Fut>(period: Duration, within: Duration, mut check: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let deadline = Instant::now() + within;
     loop {
         match check().await {
             Ok(value) => return Ok(value),
             Err(last) if Instant::now() >= deadline => return Err(last),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => tokio::time::sleep(period).await,
         }
     }
+}
+
+/// [`poll_until`] every 100 ms, with the last word as text.
+pub async fn wait_until<T, F, Fut>(within: Duration, check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    poll_until(Duration::from_millis(100), within, check).await
 }
 
 /// [`wait_until`], for tests: panics after `within` with `what` and the last word.
@@ -118,6 +127,58 @@ where
         Ok(value) => value,
         Err(last) => panic!("timed out after {within:?} waiting for {what}; last: {last}"),
     }
+}
+
+/// `Ok` when a GET of `url` answers with a success status (a `/readyz` or `/healthz`), else what
+/// it answered instead.
+pub async fn answers_ok(client: &reqwest::Client, url: &str) -> Result<(), String> {
+    let status = client.get(url).send().await.map_err(|e| e.to_string())?.status();
+    if status.is_success() { Ok(()) } else { Err(format!("{url} answered {status}")) }
+}
+
+/// Waits until a GET of `url` answers a success status while `child`, the process that serves it,
+/// runs: for `within` at most, and no longer than the child lives. Says why not: the child's exit,
+/// or the last answer.
+pub async fn serving(
+    child: &mut std::process::Child,
+    client: &reqwest::Client,
+    url: &str,
+    within: Duration,
+) -> Result<(), String> {
+    let child = std::sync::Mutex::new(child);
+    let outcome = wait_until(within, || async {
+        if let Ok(Some(exit)) = child.lock().expect("the child's lock").try_wait() {
+            // An `Ok` ends the wait: the child will not start serving any more.
+            return Ok(Err(format!("the process exited with {exit}")));
+        }
+        answers_ok(client, url).await.map(Ok)
+    })
+    .await;
+    outcome.and_then(|served| served)
+}
+
+/// The value of `name` in a Prometheus text page, summed over the series whose labels contain
+/// `labels` (`""` for all); `None` when no series matches.
+pub fn metric(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (series, value) = match rest.strip_prefix('{') {
+            Some(labelled) => match labelled.split_once('}') {
+                Some((series, value)) => (series, value),
+                None => continue,
+            },
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
+        };
+        if !series.contains(labels) {
+            continue;
+        }
+        if let Ok(value) = value.trim().parse::<f64>() {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
 }
 
 /// The tallies the consumer wrote under one key prefix.
@@ -133,45 +194,40 @@ pub struct Tallies {
     pub dead_letters: u64,
 }
 
-/// Reads every tally under `prefix` from Redis.
+/// Reads every tally under `prefix` from Redis: the product's reader ([`Counts::read`]) and, in
+/// the same transaction, what only the tests look at (the leaderboard, the average ranks and the
+/// dead letters).
 pub async fn read_tallies(redis_url: &str, prefix: &str) -> Tallies {
     let keys = RedisKeys::new(prefix);
     let client = redis::Client::open(redis_url).expect("valid Redis URL");
     let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
     // One MULTI/EXEC, so that the snapshot is consistent while the consumers are counting.
-    type Snapshot = (
-        BTreeMap<String, u64>,
-        BTreeMap<String, u64>,
-        BTreeMap<String, u64>,
-        BTreeMap<String, u64>,
-        BTreeMap<String, f64>,
-        Vec<(String, f64)>,
-        Option<u64>,
-        Option<u64>,
-    );
-    let (by_band, by_album, by_route, per_second, rank_avg, leaderboard, total, dead_letters): Snapshot = redis::pipe()
-        .atomic()
-        .hgetall(keys.by_band())
-        .hgetall(keys.by_album())
-        .hgetall(keys.by_route())
-        .hgetall(keys.per_second())
-        .hgetall(keys.rank_avg())
-        .zrange_withscores(keys.leaderboard(), 0, -1)
-        .get(keys.total())
-        .get(keys.dead_letters())
-        .query_async(&mut redis)
-        .await
-        .expect("read the tallies");
+    let mut pipe = redis::pipe();
+    tallies::reads(pipe.atomic(), &keys);
+    pipe.hgetall(keys.rank_avg()).zrange_withscores(keys.leaderboard(), 0, -1).get(keys.dead_letters());
+    let mut replies: Vec<redis::Value> = pipe.query_async(&mut redis).await.expect("read the tallies");
+    let extras = replies.split_off(tallies::READS);
+    let counted = Counts::from_replies(replies).expect("the tallies");
+    type Extras = (BTreeMap<String, f64>, Vec<(String, f64)>, Option<u64>);
+    let (rank_avg, leaderboard, dead_letters): Extras =
+        redis::from_redis_value(redis::Value::Array(extras)).expect("the leaderboard, average ranks and dead letters");
     Tallies {
-        total: total.unwrap_or(0),
-        by_band,
-        by_album,
-        by_route,
+        total: counted.total,
+        by_band: counted.bands,
+        by_album: counted.albums,
+        by_route: counted.routes,
         leaderboard: leaderboard.into_iter().map(|(band, score)| (band, score as u64)).collect(),
-        per_second_sum: per_second.values().sum(),
+        per_second_sum: counted.seconds.values().sum(),
         rank_avg,
         dead_letters: dead_letters.unwrap_or(0),
     }
+}
+
+/// The votes refused when they were counted, by reason code (`<prefix>:votes:refused`).
+pub async fn read_refused(redis_url: &str, prefix: &str) -> BTreeMap<String, u64> {
+    let client = redis::Client::open(redis_url).expect("valid Redis URL");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
+    Counts::read(&mut redis, &RedisKeys::new(prefix)).await.expect("the tallies").refused
 }
 
 /// The vote log of one database.
@@ -210,7 +266,7 @@ impl VoteLog {
 /// A Kafka record's key and payload.
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// Reads every record of `topic` from the beginning up to its current end.
+/// Reads every record of `topic` from the beginning up to its current end, within 30 s.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -219,38 +275,12 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<RawRecord> {
         .set("broker.address.family", "v4")
         .create()
         .expect("a Kafka reader");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
-    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0;
-    let mut ends = BTreeMap::new();
-    for &partition in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
-        remaining += high - low;
-        ends.insert(partition, high);
-    }
-    consumer.assign(&assignment).expect("assign");
     let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while remaining > 0 && Instant::now() < deadline {
-        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
-            let message = message.expect("a record");
-            if message.offset() < ends[&message.partition()] {
-                records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
-                remaining -= 1;
-            }
-        }
-    }
-    assert_eq!(remaining, 0, "could not read all of topic {topic}");
+    bandvote_ops::topics::read_to_end(&consumer, topic, Duration::from_secs(30), |message| {
+        records.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec)));
+    })
+    .unwrap_or_else(|err| panic!("could not read all of topic {topic}: {err}"));
     records
-}
-
-/// The votes refused when they were counted, by reason code (`<prefix>:votes:refused`).
-pub async fn read_refused(redis_url: &str, prefix: &str) -> BTreeMap<String, u64> {
-    let client = redis::Client::open(redis_url).expect("valid Redis URL");
-    let mut redis = client.get_multiplexed_async_connection().await.expect("Redis answers");
-    redis::cmd("HGETALL").arg(RedisKeys::new(prefix).refused()).query_async(&mut redis).await.expect("HGETALL")
 }
 
 /// Deletes every Redis key under `prefix`.
@@ -332,4 +362,45 @@ pub fn wasmtime() -> PathBuf {
             cached.display()
         )
     })
+}
+
+/// The command line of `wasmtime serve` running `component` on `127.0.0.1:port` in front of a
+/// native ingest, as in the Wasm route's pod: the component posts its votes to `ingest_url` and
+/// asks `ingest_ops_url` whether it is ready; `env` adds more of the component's settings. The
+/// caller chooses where the output goes, then spawns it.
+pub fn wasmtime_serve(
+    wasmtime: &Path,
+    component: &Path,
+    port: u16,
+    ingest_url: &str,
+    ingest_ops_url: &str,
+    env: &[(&str, &str)],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(wasmtime);
+    command.args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")]);
+    command.args(["--env", &format!("INGEST_URL={ingest_url}")]);
+    command.args(["--env", &format!("INGEST_OPS_URL={ingest_ops_url}")]);
+    for (name, value) in env {
+        command.args(["--env", &format!("{name}={value}")]);
+    }
+    command.arg(component);
+    command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric;
+
+    #[test]
+    fn a_metric_is_summed_over_its_matching_series_only() {
+        let page = "# TYPE x counter\n\
+                    bandvote_consumer_assigned_partitions 2\n\
+                    bandvote_consumer_assigned_partitions_other 9\n\
+                    bandvote_consumer_position_seeks_total{reason=\"redis_behind\"} 3\n\
+                    bandvote_consumer_position_seeks_total{reason=\"no_position\"} 4\n";
+        assert_eq!(metric(page, "bandvote_consumer_assigned_partitions", ""), Some(2.0));
+        assert_eq!(metric(page, "bandvote_consumer_position_seeks_total", ""), Some(7.0));
+        assert_eq!(metric(page, "bandvote_consumer_position_seeks_total", "reason=\"redis_behind\""), Some(3.0));
+        assert_eq!(metric(page, "bandvote_consumer_votes_counted_total", ""), None);
+    }
 }

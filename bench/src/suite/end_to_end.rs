@@ -112,21 +112,26 @@ impl Suite<'_> {
         report.sustained = Some(sustained);
 
         // Everything accepted must be counted once and logged once.
-        let deadline = Instant::now() + Duration::from_secs(300);
         let accepted_since = self.accepted - accepted_before;
-        let (mut counted, mut logged);
-        loop {
-            counted = self.counted().await?;
-            logged = self.logged().await;
-            if (counted >= self.accepted && logged >= accepted_since) || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        // Waits until everything is counted and logged, for 300 s at most: the counts are read again
+        // below whether or not they got there, and the reckoning judges them. Redis failing to
+        // answer ends the wait (as `Ok(Err(_))`) and the run.
+        let settled = poll_until(Duration::from_millis(500), Duration::from_secs(300), || async {
+            let counted = match self.counted().await {
+                Ok(counted) => counted,
+                Err(error) => return Ok(Err(error)),
+            };
+            let logged = self.logged().await;
+            if counted >= self.accepted && logged >= accepted_since { Ok(Ok(())) } else { Err(()) }
+        })
+        .await;
+        if let Ok(Err(error)) = settled {
+            return Err(error);
         }
         // A moment more, so that a vote counted twice would show.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        counted = self.counted().await?;
-        logged = self.logged().await;
+        let counted = self.counted().await?;
+        let logged = self.logged().await;
         let looked_up = Instant::now();
         let sampled_found =
             self.stack.logged_of(&samples, Duration::from_secs(300)).await.map_err(anyhow::Error::msg)? as u64;

@@ -22,15 +22,18 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::{Child, Command},
+    path::PathBuf,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, ensure};
-use bandvote_chaos::{Layout, Stack};
 use bandvote_ops::config::parse_duration;
-use bandvote_testkit::servers::{Kind, free_port};
+use bandvote_testkit::{
+    metric, poll_until,
+    servers::Kind,
+    stack::{Layout, Stack, WasmFront},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -333,68 +336,6 @@ pub struct SuiteReport {
     pub not_run: Vec<String>,
 }
 
-/// The Wasm front: `wasmtime serve` with the component, and its native producer beside it.
-struct WasmFront {
-    url: String,
-    children: Vec<Child>,
-}
-
-impl WasmFront {
-    async fn start(config: &SuiteConfig, bin_dir: &Path, stack: &Stack) -> anyhow::Result<Self> {
-        let component = config.wasm_component.as_ref().context("no component")?;
-        ensure!(component.is_file(), "the Wasm component {} is not built (dev/build-wasm)", component.display());
-        let (producer_port, producer_grpc, producer_ops, port) = (free_port(), free_port(), free_port(), free_port());
-        let log = |name: &str| -> anyhow::Result<std::fs::File> {
-            Ok(std::fs::File::create(config.out.join(format!("logs/{name}.log")))?)
-        };
-        let producer = Command::new(bin_dir.join("bandvote-ingest"))
-            .args([
-                "--routes=wasm".to_owned(),
-                format!("--port={producer_port}"),
-                format!("--grpc-port={producer_grpc}"),
-                format!("--ops-port={producer_ops}"),
-                format!("--kafka-brokers={}", stack.kafka.url()),
-                format!("--kafka-topic={}", Stack::TOPIC),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(log("wasm-producer")?)
-            .stderr(log("wasm-producer")?)
-            .spawn()
-            .context("the Wasm route's producer does not start")?;
-        let mut front = WasmFront { url: format!("http://127.0.0.1:{port}"), children: vec![producer] };
-        let wasmtime = Command::new(&config.wasmtime)
-            .args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")])
-            .args(["--env", &format!("INGEST_URL=http://127.0.0.1:{producer_port}")])
-            .args(["--env", &format!("INGEST_OPS_URL=http://127.0.0.1:{producer_ops}")])
-            .arg(component)
-            .stdout(log("wasmtime")?)
-            .stderr(log("wasmtime")?)
-            .spawn()
-            .with_context(|| format!("{} does not start (dev/tools install wasmtime)", config.wasmtime.display()))?;
-        front.children.push(wasmtime);
-        let ready = format!("{}/readyz", front.url);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
-            ensure!(Instant::now() < deadline, "the Wasm front was not ready within 60 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(front)
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
-    }
-}
-
-impl Drop for WasmFront {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 struct Suite<'a> {
     config: &'a SuiteConfig,
     plan: Plan,
@@ -453,7 +394,11 @@ pub async fn run(config: &SuiteConfig) -> anyhow::Result<SuiteReport> {
         not_run: Vec::new(),
     };
     let wasm = if plan.targets.contains(&Target::WasmVote) {
-        match WasmFront::start(config, &bin_dir, &stack).await {
+        let front = async {
+            let component = config.wasm_component.as_deref().context("no component")?;
+            stack.start_wasm_front(component, &config.wasmtime).await
+        };
+        match front.await {
             Ok(front) => Some(front),
             Err(error) => {
                 report.not_run.push(format!("wasm-vote: {error:#}"));
@@ -537,11 +482,7 @@ impl Suite<'_> {
                 Ok(answer) => answer.text().await.unwrap_or_default(),
                 Err(_) => continue,
             };
-            total += text
-                .lines()
-                .find_map(|line| line.strip_prefix("bandvote_consumer_votes_logged_total "))
-                .and_then(|value| value.trim().parse::<f64>().ok())
-                .unwrap_or(0.0) as u64;
+            total += metric(&text, "bandvote_consumer_votes_logged_total", "").unwrap_or(0.0) as u64;
         }
         total
     }

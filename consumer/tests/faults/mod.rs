@@ -8,27 +8,19 @@ use std::{collections::BTreeMap, time::Duration};
 
 use bandvote_domain::RedisKeys;
 use bandvote_testkit::{
-    Services, VoteLog, read_tallies,
+    Services, VoteLog, answers_ok, read_tallies,
     servers::{Kind, PrivateServer, SlowProxy, free_port},
     unique, wait_for,
 };
-use rdkafka::{
-    TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
+use rdkafka::consumer::BaseConsumer;
 
 use super::{Pipeline, Replica, counted, progress_beyond, send_load};
 
 /// The sum of every series of the metric `name` whose labels contain `labels`, from the consumer
 /// whose metrics are on `port` (`None` while it does not answer or has no such series).
 async fn metric(port: u16, name: &str, labels: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']) && line.contains(labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
+    bandvote_testkit::metric(&page, name, labels)
 }
 
 /// Waits until the metric reaches `at_least`, and returns it.
@@ -43,11 +35,9 @@ async fn metric_at_least(port: u16, name: &str, labels: &str, at_least: f64) -> 
 }
 
 async fn wait_ready(port: u16) {
-    wait_for(&format!("the consumer on :{port} to be ready"), Duration::from_secs(60), || async {
-        let status = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.map_err(|e| e.to_string())?.status();
-        if status.is_success() { Ok(()) } else { Err(status.to_string()) }
-    })
-    .await
+    let (client, ready) = (reqwest::Client::new(), format!("http://127.0.0.1:{port}/readyz"));
+    wait_for(&format!("the consumer on :{port} to be ready"), Duration::from_secs(60), || answers_ok(&client, &ready))
+        .await
 }
 
 impl Pipeline {
@@ -78,19 +68,8 @@ impl Pipeline {
             .set("broker.address.family", "v4")
             .create()
             .expect("a Kafka client");
-        let mut wanted = TopicPartitionList::new();
-        for partition in 0..6 {
-            wanted.add_partition(&self.topic, partition);
-        }
-        let found = consumer.committed_offsets(wanted, Duration::from_secs(10)).expect("committed offsets");
-        found
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                rdkafka::Offset::Offset(offset) => Some((e.partition(), offset)),
-                _ => None,
-            })
-            .collect()
+        bandvote_ops::topics::committed(&consumer, &self.topic, &[0, 1, 2, 3, 4, 5], Duration::from_secs(10))
+            .expect("committed offsets")
     }
 }
 

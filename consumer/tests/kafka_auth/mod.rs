@@ -255,23 +255,15 @@ async fn committed_total(config: ClientConfig, topic: &str, group: &str) -> Resu
     let (topic, group) = (topic.to_owned(), group.to_owned());
     tokio::task::spawn_blocking(move || {
         let reader: BaseConsumer = config.clone().set("group.id", &group).create().map_err(|e| e.to_string())?;
-        let mut wanted = TopicPartitionList::new();
         let mut ends = 0;
         for partition in 0..2 {
-            wanted.add_partition(&topic, partition);
             let (_, high) =
                 reader.fetch_watermarks(&topic, partition, Duration::from_secs(5)).map_err(|e| e.to_string())?;
             ends += high;
         }
-        let committed = reader.committed_offsets(wanted, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        let total: i64 = committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => None,
-            })
-            .sum();
+        let committed = bandvote_ops::topics::committed(&reader, &topic, &[0, 1], Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        let total: i64 = committed.values().sum();
         if total >= ends && total > 0 { Ok(total) } else { Err(format!("committed {total} of {ends}")) }
     })
     .await

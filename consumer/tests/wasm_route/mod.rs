@@ -8,12 +8,12 @@ use std::{
     fs::File,
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
 use bandvote_domain::Route;
-use bandvote_testkit::{BANDS, Services, read_topic, unique, vote};
+use bandvote_testkit::{BANDS, Services, read_topic, serving, unique, vote};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -35,15 +35,8 @@ impl WasmFront {
         let wasmtime = bandvote_testkit::wasmtime();
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("wasmtime")));
-        let mut command = Command::new(&wasmtime);
-        command.args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")]);
-        command.args(["--env", &format!("INGEST_URL={}", native.url)]);
-        command.args(["--env", &format!("INGEST_OPS_URL={}", native.ops_url)]);
-        for (name, value) in env {
-            command.args(["--env", &format!("{name}={value}")]);
-        }
-        let child = command
-            .arg(&component)
+        let (ingest_url, ingest_ops_url) = (&native.url, &native.ops_url);
+        let child = bandvote_testkit::wasmtime_serve(&wasmtime, &component, port, ingest_url, ingest_ops_url, env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("a log file"))
@@ -53,21 +46,10 @@ impl WasmFront {
             });
         let mut front =
             WasmFront { child, url: format!("http://127.0.0.1:{port}"), log, client: reqwest::Client::new() };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(exit)) = front.child.try_wait() {
-                let log = std::fs::read_to_string(&front.log).unwrap_or_default();
-                panic!("wasmtime serve exited with {exit}:\n{log}");
-            }
-            let answer = front.client.get(format!("{}/healthz", front.url)).send().await;
-            match answer {
-                Ok(response) if response.status().is_success() => break,
-                _ if std::time::Instant::now() > deadline => {
-                    let log = std::fs::read_to_string(&front.log).unwrap_or_default();
-                    panic!("wasmtime serve did not answer /healthz within 60 s: {answer:?}\n{log}");
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+        let healthz = format!("{}/healthz", front.url);
+        if let Err(why) = serving(&mut front.child, &front.client, &healthz, Duration::from_secs(60)).await {
+            let log = std::fs::read_to_string(&front.log).unwrap_or_default();
+            panic!("wasmtime serve did not answer /healthz within 60 s: {why}\n{log}");
         }
         front
     }

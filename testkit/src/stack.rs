@@ -1,4 +1,8 @@
-//! The private pipeline the chaos run breaks: servers, proxy, ingest and consumers as processes.
+//! A private pipeline of processes: Kafka, Redis and the log store's servers, a proxy in front of
+//! the log store, the built ingest and consumer binaries, and on demand the Wasm route's front.
+//!
+//! The chaos and overload runs break it and the benchmarks measure it; both start it here, so what
+//! they run is the same stack. Every process is private to the stack and killed when it is dropped.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -7,23 +11,22 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use crate::{
+    answers_ok,
+    cluster::KafkaCluster,
+    poll_until,
+    servers::{Kind, PrivateServer, SlowProxy, free_port},
+    wait_until, wasmtime_serve,
+};
 use anyhow::Context as _;
 use bandvote_domain::RedisKeys;
 use bandvote_ops::config::KafkaArgs;
-use bandvote_testkit::{
-    cluster::KafkaCluster,
-    servers::{Kind, PrivateServer, SlowProxy, free_port},
-    wait_until,
-};
 use futures::FutureExt as _;
 use mongodb::bson::{Document, doc};
-use rdkafka::{
-    Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer as _},
-};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 /// The stack's Kafka: one broker, or a cluster of nodes shaped like production.
 pub enum Kafka {
@@ -238,7 +241,7 @@ impl Stack {
         anyhow::ensure!(self.ingest.is_none(), "ingest is already running");
         let child = Command::new(self.bin_dir.join("bandvote-ingest"))
             .args(&self.ingest_args)
-            .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", rust_log())
             .stdout(log_file(&self.logs, "ingest")?)
             .stderr(log_file(&self.logs, "ingest")?)
             .spawn()
@@ -250,12 +253,9 @@ impl Stack {
     /// Waits until ingest says it is ready.
     pub async fn ingest_ready(&self, within: Duration) -> anyhow::Result<()> {
         let ready = format!("{}/readyz", self.ops_url);
-        let deadline = Instant::now() + within;
-        while !self.http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
-            anyhow::ensure!(Instant::now() < deadline, "ingest was not ready within {within:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        wait_until(within, || answers_ok(&self.http, &ready))
+            .await
+            .map_err(|last| anyhow::anyhow!("ingest was not ready within {within:?} ({last})"))
     }
 
     /// Kills ingest with SIGKILL.
@@ -285,7 +285,7 @@ impl Stack {
                 format!("--mongodb-uri=mongodb://{}/?directConnection=true", self.log_address),
                 format!("--mongodb-database={}", Self::DATABASE),
             ])
-            .env("RUST_LOG", std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", rust_log())
             .stdout(log_file(&self.logs, &format!("consumer-{i}"))?)
             .stderr(log_file(&self.logs, &format!("consumer-{i}"))?)
             .spawn()
@@ -406,18 +406,13 @@ impl Stack {
     /// The consumer group's committed offset of every partition (0 where it has none). The
     /// consumers commit an offset only after the records below it are counted and logged.
     pub async fn committed_offsets(&self) -> Result<BTreeMap<i32, i64>, String> {
+        let partitions: Vec<i32> = (0..Self::PARTITIONS).collect();
+        let timeout = Duration::from_secs(5);
         let committed = self
             .offsets
-            .read(|client| {
-                let mut wanted = TopicPartitionList::new();
-                for p in 0..Self::PARTITIONS {
-                    wanted.add_partition(Self::TOPIC, p);
-                }
-                client.committed_offsets(wanted, Duration::from_secs(5))
-            })
+            .read(move |client| bandvote_ops::topics::committed(client, Self::TOPIC, &partitions, timeout))
             .await?;
-        let offset = |o: Offset| if let Offset::Offset(n) = o { n } else { 0 };
-        Ok(committed.elements().iter().map(|e| (e.partition(), offset(e.offset()))).collect())
+        Ok((0..Self::PARTITIONS).map(|p| (p, committed.get(&p).copied().unwrap_or(0))).collect())
     }
 
     /// Records of the votes topic below `ends` that the group has not committed yet.
@@ -462,6 +457,74 @@ impl Stack {
     }
 }
 
+/// The Wasm route beside a stack, as in its pod: a native ingest serving only the Wasm route's
+/// producer (`--routes=wasm`), and `wasmtime serve` running the component in front of it. Both are
+/// killed when it is dropped.
+pub struct WasmFront {
+    /// Where the component answers.
+    pub url: String,
+    /// The producer, then wasmtime.
+    children: Vec<Child>,
+}
+
+impl WasmFront {
+    /// The producer's and wasmtime's process ids, in that order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for WasmFront {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Stack {
+    /// Starts the Wasm route's front on this stack's votes topic with `component` under `wasmtime`,
+    /// and waits until it says it is ready. Its processes log beside the stack's.
+    pub async fn start_wasm_front(&self, component: &Path, wasmtime: &Path) -> anyhow::Result<WasmFront> {
+        anyhow::ensure!(
+            component.is_file(),
+            "the Wasm component {} is not built (dev/build-wasm)",
+            component.display()
+        );
+        let (producer_port, producer_grpc, producer_ops, port) = (free_port(), free_port(), free_port(), free_port());
+        let producer = Command::new(self.bin_dir.join("bandvote-ingest"))
+            .args([
+                "--routes=wasm".to_owned(),
+                format!("--port={producer_port}"),
+                format!("--grpc-port={producer_grpc}"),
+                format!("--ops-port={producer_ops}"),
+                format!("--kafka-brokers={}", self.kafka.url()),
+                format!("--kafka-topic={}", Self::TOPIC),
+            ])
+            .env("RUST_LOG", rust_log())
+            .stdout(log_file(&self.logs, "wasm-producer")?)
+            .stderr(log_file(&self.logs, "wasm-producer")?)
+            .spawn()
+            .context("the Wasm route's producer does not start")?;
+        let mut front = WasmFront { url: format!("http://127.0.0.1:{port}"), children: vec![producer] };
+        let (ingest_url, ingest_ops_url) =
+            (format!("http://127.0.0.1:{producer_port}"), format!("http://127.0.0.1:{producer_ops}"));
+        let wasmtime_child = wasmtime_serve(wasmtime, component, port, &ingest_url, &ingest_ops_url, &[])
+            .stdout(log_file(&self.logs, "wasmtime")?)
+            .stderr(log_file(&self.logs, "wasmtime")?)
+            .spawn()
+            .with_context(|| format!("{} does not start (dev/tools install wasmtime)", wasmtime.display()))?;
+        front.children.push(wasmtime_child);
+        let ready = format!("{}/readyz", front.url);
+        let within = Duration::from_secs(60);
+        wait_until(within, || answers_ok(&self.http, &ready))
+            .await
+            .map_err(|last| anyhow::anyhow!("the Wasm front was not ready within {within:?} ({last})"))?;
+        Ok(front)
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         for child in self.consumers.iter_mut().chain(std::iter::once(&mut self.ingest)).filter_map(Option::as_mut) {
@@ -473,13 +536,13 @@ impl Drop for Stack {
 
 /// Runs `future`, turning a panic (the test kit's waits panic past their deadline) into an error
 /// with the panic's message.
-pub(crate) async fn without_panic<F: Future>(future: F) -> Result<F::Output, String> {
+pub async fn without_panic<F: Future>(future: F) -> Result<F::Output, String> {
     AssertUnwindSafe(future).catch_unwind().await.map_err(panic_message)
 }
 
 /// Runs a blocking `work` (a server's restart) on this thread without stalling the runtime's other
 /// tasks, turning a panic into an error.
-pub(crate) fn blocking_without_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+pub fn blocking_without_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     tokio::task::block_in_place(|| std::panic::catch_unwind(AssertUnwindSafe(work))).map_err(panic_message)
 }
 
@@ -489,6 +552,11 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
         .unwrap_or_else(|| "a panic".to_owned())
+}
+
+/// The log filter of the stack's processes: `CHAOS_RUST_LOG`, else `warn`.
+fn rust_log() -> String {
+    std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 /// A log file for a process of this run, in `dir`.
@@ -508,57 +576,10 @@ fn kafka_args(brokers: &str, replication_factor: i32) -> KafkaArgs {
     }
 }
 
-/// Creates the topics, retrying while new brokers cannot create them yet.
+/// Creates the topics, retrying every half second while new brokers cannot create them yet.
 async fn create_topics(brokers: &str, replication_factor: i32) -> anyhow::Result<()> {
     let kafka = kafka_args(brokers, replication_factor);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match bandvote_ops::topics::ensure(&kafka).await {
-            Ok(()) => return Ok(()),
-            Err(err) if Instant::now() > deadline => return Err(err).context("cannot create the topics"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-}
-
-/// The value of `name` in a Prometheus text page, summed over the series whose labels contain
-/// `labels` (`""` for all); `None` when no series matches.
-pub fn metric(page: &str, name: &str, labels: &str) -> Option<f64> {
-    let mut found = None;
-    for line in page.lines() {
-        let Some(rest) = line.strip_prefix(name) else { continue };
-        let (series, value) = match rest.strip_prefix('{') {
-            Some(labelled) => match labelled.split_once('}') {
-                Some((series, value)) => (series, value),
-                None => continue,
-            },
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue,
-        };
-        if !series.contains(labels) {
-            continue;
-        }
-        if let Ok(value) = value.trim().parse::<f64>() {
-            *found.get_or_insert(0.0) += value;
-        }
-    }
-    found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::metric;
-
-    #[test]
-    fn a_metric_is_summed_over_its_matching_series_only() {
-        let page = "# TYPE x counter\n\
-                    bandvote_consumer_assigned_partitions 2\n\
-                    bandvote_consumer_assigned_partitions_other 9\n\
-                    bandvote_consumer_position_seeks_total{reason=\"redis_behind\"} 3\n\
-                    bandvote_consumer_position_seeks_total{reason=\"no_position\"} 4\n";
-        assert_eq!(metric(page, "bandvote_consumer_assigned_partitions", ""), Some(2.0));
-        assert_eq!(metric(page, "bandvote_consumer_position_seeks_total", ""), Some(7.0));
-        assert_eq!(metric(page, "bandvote_consumer_position_seeks_total", "reason=\"redis_behind\""), Some(3.0));
-        assert_eq!(metric(page, "bandvote_consumer_votes_counted_total", ""), None);
-    }
+    poll_until(Duration::from_millis(500), Duration::from_secs(60), || bandvote_ops::topics::ensure(&kafka))
+        .await
+        .context("cannot create the topics")
 }
