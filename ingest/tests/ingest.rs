@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 
 use bandvote_domain::VoteEvent;
 use bandvote_proto::v1::{Vote, votes_client::VotesClient};
-use bandvote_testkit::{BANDS, Services, read_topic, unique};
+use bandvote_testkit::{
+    BANDS, Services, read_topic, unique,
+    votes::{self, with, without},
+};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -98,17 +101,7 @@ async fn each_bad_input_gets_its_clear_error_and_nothing_of_it_reaches_kafka() {
         &[&format!("--roster-file={}", roster.display()), "--max-body-bytes=4096", "--max-batch-votes=10"],
     )
     .await;
-    let good = json!({"name": "Alux Nahual", "album": "Conquista", "year": "1990", "rank": "9.5"});
-    let with = |field: &str, value: Value| {
-        let mut vote = good.clone();
-        vote[field] = value;
-        vote
-    };
-    let without = |field: &str| {
-        let mut vote = good.clone();
-        vote.as_object_mut().expect("object").remove(field);
-        vote
-    };
+    let good = votes::good();
     // (vote, the field errors expected) for both JSON entry points.
     let cases: Vec<(Value, Vec<&str>)> = vec![
         (without("name"), vec!["name: is required"]),

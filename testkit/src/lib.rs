@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod secure_kafka;
 pub mod servers;
 pub mod stack;
+pub mod votes;
 
 use std::{
     collections::BTreeMap,

@@ -13,7 +13,10 @@ use std::{
 };
 
 use bandvote_domain::Route;
-use bandvote_testkit::{BANDS, Services, read_topic, serving, unique, vote};
+use bandvote_testkit::{
+    BANDS, Services, read_topic, serving, unique, vote,
+    votes::{self, with, without},
+};
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -198,17 +201,7 @@ async fn the_wasm_route_refuses_bad_input_exactly_like_the_native_route() {
     let front = WasmFront::start(&producer, &[("MAX_BODY_BYTES", "4096"), ("MAX_BATCH_VOTES", "10")]).await;
     let client = reqwest::Client::new();
 
-    let good = json!({"name": "Alux Nahual", "album": "Conquista", "year": "1990", "rank": "9.5"});
-    let with = |field: &str, value: Value| {
-        let mut vote = good.clone();
-        vote[field] = value;
-        vote
-    };
-    let without = |field: &str| {
-        let mut vote = good.clone();
-        vote.as_object_mut().expect("object").remove(field);
-        vote
-    };
+    let good = votes::good();
     let votes: Vec<Value> = vec![
         without("name"),
         without("rank"),
