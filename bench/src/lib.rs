@@ -68,7 +68,7 @@ pub struct Config {
     /// Ingest's gRPC port.
     #[arg(long, env = "BENCH_GRPC", default_value = "http://127.0.0.1:50051")]
     pub grpc: String,
-    /// The Wasm front (`wasmtime serve`), for `wasm-vote`.
+    /// The Wasm route (ingest with `WASM_COMPONENT`, or `wasmtime serve`), for `wasm-vote`.
     #[arg(long, env = "BENCH_WASM", default_value = "http://127.0.0.1:8081")]
     pub wasm: String,
     /// Send the `x-bandvote-noop` header: an ingest started with `NOOP_ROUTES=true` then checks,

@@ -334,7 +334,8 @@ impl SuiteReport {
             "- Memory: ingest {:.0} MiB now, {:.0} MiB peak{}.",
             self.ingest_memory.rss_mib,
             self.ingest_memory.peak_rss_mib,
-            self.wasm_memory.map_or(String::new(), |m| format!("; wasmtime serve {:.0} MiB peak", m.peak_rss_mib))
+            self.wasm_memory
+                .map_or(String::new(), |m| format!("; the Wasm route's host {:.0} MiB peak", m.peak_rss_mib))
         );
         if !self.not_run.is_empty() {
             out += "\nNot measured:\n\n";

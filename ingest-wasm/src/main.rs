@@ -16,11 +16,11 @@
 //! `wasmtime serve` makes a fresh instance for every request, so nothing here outlives a request;
 //! the settings are read from the environment each time (see [`Settings`]).
 
+mod check;
 mod forward;
 
 use bandvote_domain::{
-    Ballot, InvalidVote, VoteId,
-    ballot::BallotInput,
+    Ballot, VoteId,
     front::{VotePath, new_vote_id},
     reply::{self, ErrorCode, ErrorReply},
 };
@@ -120,37 +120,15 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
 
 /// One vote: check it, give it its id, forward it.
 async fn cast_one(settings: &Settings, native: &Native, body: Body) -> Result<Response<Body>, ErrorReply> {
-    let value = read_json(body, settings.max_body_bytes).await?;
-    let ballot = BallotInput::from_json(&value)
-        .and_then(|input| Ballot::parse(&input))
-        .map_err(|invalid| ErrorReply::invalid_vote(&invalid))?;
+    let ballot = check::vote(&read_body(body, settings.max_body_bytes).await?)?;
     let (vote, vote_id) = forwarded(ballot);
     native.cast(&vote, &vote_id).await
 }
 
 /// A batch: every vote is checked before any is forwarded, as on the native route.
 async fn cast_batch(settings: &Settings, native: &Native, body: Body) -> Result<Response<Body>, ErrorReply> {
-    let value = read_json(body, settings.max_body_bytes).await?;
-    let votes = reply::batch_votes(value, settings.max_batch_votes)?;
-    let total = votes.len();
-    let mut ballots = Vec::with_capacity(total);
-    let mut invalid: Vec<(usize, InvalidVote)> = Vec::new();
-    // Like the native route: a vote that is not a JSON object refuses the batch on its own, before
-    // any field of the others is checked.
-    let inputs: Vec<Result<BallotInput, InvalidVote>> = votes.iter().map(BallotInput::from_json).collect();
-    if inputs.iter().any(Result::is_err) {
-        let not_objects = inputs.into_iter().enumerate().filter_map(|(i, input)| input.err().map(|e| (i, e)));
-        return Err(ErrorReply::invalid_batch(total, &not_objects.collect::<Vec<_>>()));
-    }
-    for (index, input) in inputs.into_iter().flatten().enumerate() {
-        match Ballot::parse(&input) {
-            Ok(ballot) => ballots.push(ballot),
-            Err(err) => invalid.push((index, err)),
-        }
-    }
-    if !invalid.is_empty() {
-        return Err(ErrorReply::invalid_batch(total, &invalid));
-    }
+    let ballots = check::batch(&read_body(body, settings.max_body_bytes).await?, settings.max_batch_votes)
+        .map_err(|(refused, _)| refused)?;
     let (votes, vote_ids): (Vec<Value>, Vec<VoteId>) = ballots.into_iter().map(forwarded).unzip();
     native.cast_all(&Value::Array(votes), &vote_ids).await
 }
@@ -169,8 +147,8 @@ fn forwarded(ballot: Ballot) -> (Value, VoteId) {
     (vote, vote_id)
 }
 
-/// Reads the request body, at most `most` bytes, as JSON.
-async fn read_json(body: Body, most: usize) -> Result<Value, ErrorReply> {
+/// Reads the request body, at most `most` bytes.
+async fn read_body(body: Body, most: usize) -> Result<Vec<u8>, ErrorReply> {
     if body.content_length().is_some_and(|length| length > most as u64) {
         return Err(ErrorReply::body_too_large(reply::BODY_TOO_LARGE));
     }
@@ -187,7 +165,7 @@ async fn read_json(body: Body, most: usize) -> Result<Value, ErrorReply> {
             bytes.extend_from_slice(&data);
         }
     }
-    reply::parse_json(&bytes)
+    Ok(bytes)
 }
 
 /// A JSON reply.

@@ -106,7 +106,7 @@ where
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Rejection> {
         let route = Route::from_ref(state);
-        let value = json_body(request, state).await.map_err(|error| Rejection::new(route, 1, error))?;
+        let value = RawBody::json(request, state).await?;
         BallotInput::from_json(&value).map(JsonVote).map_err(|error| Rejection::new(route, 1, error))
     }
 }
@@ -123,7 +123,7 @@ impl FromRequest<HttpRoute> for JsonBatch {
     async fn from_request(request: Request, http: &HttpRoute) -> Result<Self, Rejection> {
         let route = http.route;
         let budget = request.extensions().get::<Budget>().cloned();
-        let value = json_body(request, http).await.map_err(|error| Rejection::new(route, 1, error))?;
+        let value = RawBody::json(request, http).await?;
         let votes = bodies::batch_votes(value, usize::MAX).map_err(|error| Rejection::new(route, 1, error))?;
         if votes.len() > http.limits.max_batch {
             let error = ErrorReply::batch_too_large(http.limits.max_batch, votes.len());
@@ -147,33 +147,57 @@ impl FromRequest<HttpRoute> for JsonBatch {
     }
 }
 
-/// Reads a request's body as JSON, with a JSON error for a body too large or not JSON.
-async fn json_body<S: Send + Sync>(request: Request, state: &S) -> Result<Value, ApiError> {
-    let body = Bytes::from_request(request, state).await.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(ErrorCode::BodyTooLarge, rejection.body_text())
-        } else {
-            // The rejection's own status (400, or 411, 415 ...), with the code of an unread body.
-            let reply = ErrorReply::new(ErrorCode::BadRequest, rejection.body_text());
-            ApiError(ErrorReply { status: status.as_u16(), ..reply })
-        }
-    })?;
-    bodies::parse_json(&body).map_err(ApiError)
+/// A request's body as it came, within the body limit; anything else is refused as one vote of
+/// the route.
+pub struct RawBody(pub Bytes);
+
+impl<S> FromRequest<S> for RawBody
+where
+    S: Send + Sync,
+    Route: FromRef<S>,
+{
+    type Rejection = Rejection;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Rejection> {
+        let route = Route::from_ref(state);
+        let body = Bytes::from_request(request, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::BodyTooLarge, rejection.body_text())
+            } else {
+                // The rejection's own status (400, or 411, 415 ...), with the code of an unread body.
+                let reply = ErrorReply::new(ErrorCode::BadRequest, rejection.body_text());
+                ApiError(ErrorReply { status: status.as_u16(), ..reply })
+            };
+            Rejection::new(route, 1, error)
+        })?;
+        Ok(RawBody(body))
+    }
+}
+
+impl RawBody {
+    /// The body read as JSON: not JSON, it is refused as one vote of the route.
+    async fn json<S>(request: Request, state: &S) -> Result<Value, Rejection>
+    where
+        S: Send + Sync,
+        Route: FromRef<S>,
+    {
+        let RawBody(body) = RawBody::from_request(request, state).await?;
+        bodies::parse_json(&body).map_err(|error| Rejection::new(Route::from_ref(state), 1, ApiError(error)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
-    use axum::{body::Body, extract::DefaultBodyLimit};
+    use axum::extract::DefaultBodyLimit;
     use bandvote_domain::Contest;
     use metrics_util::debugging::DebuggingRecorder;
     use serde_json::{Value, json};
-    use tower::ServiceExt as _;
 
     use super::*;
-    use crate::testing::{self, Published, vote_counters};
+    use crate::testing::{self, Published, post, vote, vote_counters};
 
     /// The paths the other routers of the HTTP port serve: the `/grpc/insert` front and the load
     /// balancer's health check (readiness and metrics are on the ops port).
@@ -194,19 +218,6 @@ mod tests {
 
     fn offline_router() -> Router {
         routes(Contest::default()).0
-    }
-
-    /// POSTs `body` to `path`; the status and the JSON answer.
-    async fn post(router: &Router, path: &str, body: impl Into<Body>) -> (u16, Value) {
-        let request = Request::post(path).header(header::CONTENT_TYPE, "application/json").body(body.into());
-        let reply = router.clone().oneshot(request.expect("a request")).await.expect("an answer");
-        let status = reply.status().as_u16();
-        let body = axum::body::to_bytes(reply.into_body(), usize::MAX).await.expect("a body");
-        (status, serde_json::from_slice(&body).expect("a JSON answer"))
-    }
-
-    fn vote(band: &str) -> Value {
-        json!({"name": band, "album": "Album", "year": "1997", "rank": "1"})
     }
 
     #[tokio::test]

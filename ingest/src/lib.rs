@@ -4,8 +4,13 @@
 //!   health and reflection, plus its HTTP front `POST /grpc/insert` ([`grpc_front`]) that forwards
 //!   each vote over a real gRPC channel, as the original "gRPC client" did.
 //! * The HTTP route ([`http`]): `POST /votes`, `POST /votes/batch` and the original paths.
-//! * The Wasm route's producer side ([`http::wasm_router`]): `POST /wasm/votes` and
-//!   `/wasm/votes/batch`, which the WebAssembly front in `ingest-wasm` forwards checked votes to.
+//! * The Wasm route, in one of two shapes:
+//!   - with `WASM_COMPONENT`, embedded ([`wasm_host`]): the checker component of `ingest-wasm`
+//!     reads and checks each request's body in a WebAssembly sandbox inside this process, and the
+//!     votes it returns are cast here;
+//!   - without, its producer side ([`http::wasm_router`]): `POST /wasm/votes` and
+//!     `/wasm/votes/batch`, which the `wasi:http` front of `ingest-wasm` (under `wasmtime serve`)
+//!     forwards checked votes to over loopback.
 //!
 //! Every route goes through [`cast::Caster`]: validate, check the contest, give the vote its id, and
 //! publish it with the process's one [`publisher::Publisher`].
@@ -23,6 +28,7 @@ pub mod reply;
 pub mod standing;
 #[cfg(test)]
 mod testing;
+pub mod wasm_host;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -81,6 +87,12 @@ pub struct Config {
     /// Routes to serve, comma separated.
     #[arg(long, env = "INGEST_ROUTES", value_delimiter = ',', default_value = "grpc,http")]
     pub routes: Vec<Serve>,
+    /// The Wasm route's checker component (`bandvote_checker.wasm`, from `dev/build-wasm`). With
+    /// `wasm` among the routes, this process serves the Wasm route's vote paths itself: each body
+    /// is checked by the component in a WebAssembly sandbox, then cast here. Without it, the
+    /// `wasm` route takes the votes that the `wasi:http` front under `wasmtime serve` checked.
+    #[arg(long, env = "WASM_COMPONENT")]
+    pub wasm_component: Option<std::path::PathBuf>,
     /// Longest wait for Kafka's acknowledgement before answering 503 / UNAVAILABLE.
     #[arg(long = "kafka-produce-timeout", env = "KAFKA_PRODUCE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub produce_timeout: Duration,
@@ -151,6 +163,7 @@ pub struct Ingest {
     http: TcpListener,
     grpc: Option<TcpListener>,
     ops: TcpListener,
+    checker: Option<wasm_host::Checker>,
 }
 
 impl Ingest {
@@ -180,6 +193,11 @@ impl Ingest {
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             caster = caster.with_standings(standings);
         }
+        let checker = match &config.wasm_component {
+            Some(path) if config.routes.contains(&Serve::Wasm) => Some(wasm_host::Checker::load(path)?),
+            Some(_) => anyhow::bail!("WASM_COMPONENT is set, but INGEST_ROUTES does not serve the wasm route"),
+            None => None,
+        };
         let http = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
@@ -195,7 +213,7 @@ impl Ingest {
         let ops = TcpListener::bind((config.host.as_str(), config.ops_port))
             .await
             .with_context(|| format!("cannot listen on {}:{} for the ops endpoints", config.host, config.ops_port))?;
-        Ok(Ingest { config, caster, http, grpc, ops })
+        Ok(Ingest { config, caster, http, grpc, ops, checker })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -213,7 +231,7 @@ impl Ingest {
 
     /// Serves until `shutdown` is cancelled, then drains requests and flushes the producer.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Ingest { config, caster, http, grpc, ops } = self;
+        let Ingest { config, caster, http, grpc, ops, checker } = self;
         // The front reaches this process's own gRPC server over loopback, so that the server can
         // tell its calls from those of anyone else (see `grpc::VoteService`).
         let front_target = config.grpc_target.clone().or_else(|| {
@@ -243,7 +261,10 @@ impl Ingest {
         }
         if config.routes.contains(&Serve::Wasm) {
             let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch_votes };
-            router = router.merge(http::wasm_router(caster.clone(), limits));
+            router = router.merge(match checker.clone() {
+                Some(checker) => wasm_host::router(caster.clone(), limits, checker),
+                None => http::wasm_router(caster.clone(), limits),
+            });
         }
         if let Some(target) = &front_target {
             let timeout = config.produce_timeout + Duration::from_secs(2);

@@ -326,16 +326,27 @@ pub fn build_service_binaries(bin: &Path) -> PathBuf {
 /// The Wasm route's component, built by `dev/build-wasm` (which `dev/test` runs) into the same
 /// target folder as the running test. Panics, saying how to build it, when it is missing.
 pub fn wasm_component() -> PathBuf {
-    let path = std::env::var_os("BANDVOTE_WASM_COMPONENT").map(PathBuf::from).unwrap_or_else(|| {
+    built_component("BANDVOTE_WASM_COMPONENT", "bandvote-ingest-wasm.wasm")
+}
+
+/// The Wasm route's checker component, which ingest embeds (`dev/build-wasm --checker`): from
+/// `BANDVOTE_WASM_CHECKER`, else where `dev/build-wasm` puts it in the test binary's target
+/// directory.
+pub fn wasm_checker() -> PathBuf {
+    built_component("BANDVOTE_WASM_CHECKER", "bandvote_checker.wasm")
+}
+
+fn built_component(variable: &str, file: &str) -> PathBuf {
+    let path = std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| {
         // A test binary lives in <target>/<profile>/deps/.
         let exe = std::env::current_exe().expect("the test binary's path");
         let target = exe.ancestors().nth(3).expect("the test binary is in <target>/<profile>/deps");
-        target.join("wasm32-wasip2/release/bandvote-ingest-wasm.wasm")
+        target.join("wasm32-wasip2/release").join(file)
     });
     assert!(
         path.is_file(),
         "the Wasm component is not built at {}: run `dev/build-wasm` (dev/test does), with the same \
-         CARGO_TARGET_DIR as the tests, or set BANDVOTE_WASM_COMPONENT",
+         CARGO_TARGET_DIR as the tests, or set {variable}",
         path.display()
     );
     path

@@ -457,18 +457,19 @@ impl Stack {
     }
 }
 
-/// The Wasm route beside a stack, as in its pod: a native ingest serving only the Wasm route's
-/// producer (`--routes=wasm`), and `wasmtime serve` running the component in front of it. Both are
-/// killed when it is dropped.
+/// The Wasm route beside a stack, in one of its two shapes: a native ingest serving only the Wasm
+/// route with the checker component embedded ([`Stack::start_wasm_host`]), or, as in its portable
+/// pod, a native ingest serving the Wasm route's producer and `wasmtime serve` running the
+/// `wasi:http` component in front of it ([`Stack::start_wasm_front`]). Killed when dropped.
 pub struct WasmFront {
-    /// Where the component answers.
+    /// Where the route answers (its vote paths start with `/wasm`).
     pub url: String,
-    /// The producer, then wasmtime.
+    /// The process that runs the component last.
     children: Vec<Child>,
 }
 
 impl WasmFront {
-    /// The producer's and wasmtime's process ids, in that order.
+    /// The route's process ids: the producer, then wasmtime; or the one host.
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
     }
@@ -484,6 +485,39 @@ impl Drop for WasmFront {
 }
 
 impl Stack {
+    /// Starts the Wasm route on this stack's votes topic as one native ingest that embeds the
+    /// checker `component` (`bandvote_checker.wasm`), and waits until it is ready.
+    pub async fn start_wasm_host(&self, component: &Path) -> anyhow::Result<WasmFront> {
+        anyhow::ensure!(
+            component.is_file(),
+            "the Wasm checker component {} is not built (dev/build-wasm)",
+            component.display()
+        );
+        let (port, grpc_port, ops_port) = (free_port(), free_port(), free_port());
+        let host = Command::new(self.bin_dir.join("bandvote-ingest"))
+            .args([
+                "--routes=wasm".to_owned(),
+                format!("--wasm-component={}", component.display()),
+                format!("--port={port}"),
+                format!("--grpc-port={grpc_port}"),
+                format!("--ops-port={ops_port}"),
+                format!("--kafka-brokers={}", self.kafka.url()),
+                format!("--kafka-topic={}", Self::TOPIC),
+            ])
+            .env("RUST_LOG", rust_log())
+            .stdout(log_file(&self.logs, "wasm-host")?)
+            .stderr(log_file(&self.logs, "wasm-host")?)
+            .spawn()
+            .context("the Wasm route's host does not start")?;
+        let front = WasmFront { url: format!("http://127.0.0.1:{port}"), children: vec![host] };
+        let ready = format!("http://127.0.0.1:{ops_port}/readyz");
+        let within = Duration::from_secs(60);
+        wait_until(within, || answers_ok(&self.http, &ready))
+            .await
+            .map_err(|last| anyhow::anyhow!("the Wasm host was not ready within {within:?} ({last})"))?;
+        Ok(front)
+    }
+
     /// Starts the Wasm route's front on this stack's votes topic with `component` under `wasmtime`,
     /// and waits until it says it is ready. Its processes log beside the stack's.
     pub async fn start_wasm_front(&self, component: &Path, wasmtime: &Path) -> anyhow::Result<WasmFront> {

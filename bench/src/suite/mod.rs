@@ -75,12 +75,10 @@ pub struct SuiteConfig {
     /// Where the report, the JSON and the charts go.
     #[arg(long, default_value = ".local/bench")]
     pub out: PathBuf,
-    /// The Wasm component (dev/build-wasm); the Wasm route is measured when it is given.
+    /// The Wasm route's checker component (`dev/build-wasm --checker`); the Wasm route is measured,
+    /// embedded in its own ingest, when it is given.
     #[arg(long, env = "BANDVOTE_WASM_COMPONENT")]
     pub wasm_component: Option<PathBuf>,
-    /// The wasmtime CLI.
-    #[arg(long, env = "WASMTIME", default_value = "wasmtime")]
-    pub wasmtime: PathBuf,
     /// The locust command; Locust is run when it is given.
     #[arg(long)]
     pub locust: Option<PathBuf>,
@@ -396,7 +394,7 @@ pub async fn run(config: &SuiteConfig) -> anyhow::Result<SuiteReport> {
     let wasm = if plan.targets.contains(&Target::WasmVote) {
         let front = async {
             let component = config.wasm_component.as_deref().context("no component")?;
-            stack.start_wasm_front(component, &config.wasmtime).await
+            stack.start_wasm_host(component).await
         };
         match front.await {
             Ok(front) => Some(front),

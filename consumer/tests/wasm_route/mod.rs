@@ -1,10 +1,13 @@
-//! The Wasm route end to end: the `ingest-wasm` component under `wasmtime serve`, a native ingest
-//! with `INGEST_ROUTES=wasm` beside it (as in its pod), Kafka, a consumer, Redis and MongoDB.
+//! The Wasm route end to end, in both shapes, with Kafka, a consumer, Redis and MongoDB: the
+//! `wasi:http` component of `ingest-wasm` under `wasmtime serve` with a native ingest serving
+//! `INGEST_ROUTES=wasm` beside it (its portable pod), and one ingest embedding the checker
+//! component (`WASM_COMPONENT`).
 //!
-//! The component is built by `dev/build-wasm` and wasmtime is installed by `dev/tools`; `dev/test`
-//! does both first. Without them these tests fail, saying how to get them.
+//! The components are built by `dev/build-wasm` and wasmtime is installed by `dev/tools`;
+//! `dev/test` does both first. Without them these tests fail, saying how to get them.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     net::SocketAddr,
     path::PathBuf,
@@ -12,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use bandvote_domain::Route;
+use bandvote_domain::{LogDocument, Route};
 use bandvote_testkit::{
     BANDS, Services, read_topic, serving, unique, vote,
     votes::{self, with, without},
@@ -168,6 +171,19 @@ async fn the_wasm_route_counts_each_vote_once_as_route_wasm() {
         expected.add(id.as_str().expect("id"), i, "wasm");
     }
 
+    let logged = counted_once_as_wasm(&pipeline, &expected).await;
+    let rank = logged["wasm-phone-1"].rank;
+    assert_eq!(rank, 9.5, "the rank crosses both halves unchanged");
+
+    drop(front);
+    producer.stop().await;
+    consumer.stop().await;
+    pipeline.finish().await;
+}
+
+/// Waits until `expected` is counted and logged, then checks that it is, exactly, and nothing
+/// more a second later, every vote logged as route `wasm`; the log.
+async fn counted_once_as_wasm(pipeline: &Pipeline, expected: &Expected) -> BTreeMap<String, LogDocument> {
     let tallies = pipeline.tallies_when_total(expected.total(), Duration::from_secs(30)).await;
     let logged = pipeline.logged_when_count(expected.total(), Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -177,11 +193,51 @@ async fn the_wasm_route_counts_each_vote_once_as_route_wasm() {
     for (id, document) in &logged {
         assert_eq!(document.route, Route::Wasm, "vote {id} is logged as route wasm: {document:?}");
     }
-    let rank = logged["wasm-phone-1"].rank;
-    assert_eq!(rank, 9.5, "the rank crosses both halves unchanged");
+    logged
+}
 
-    drop(front);
-    producer.stop().await;
+/// The embedded shape (`WASM_COMPONENT`): one ingest runs the checker component on each body and
+/// casts the votes it returns. Its answers to bad input are compared with the native route's in
+/// ingest's unit tests (`wasm_host`); here, that what it accepts is counted and logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_embedded_wasm_route_counts_each_vote_once_as_route_wasm() {
+    let pipeline = Pipeline::start("wasm-embedded").await;
+    let consumer = pipeline.consume_in_process().await;
+    let checker = format!("--wasm-component={}", bandvote_testkit::wasm_checker().display());
+    let host = Native::start(&pipeline.services, &pipeline.topic, "wasm", &[&checker]).await;
+    let client = reqwest::Client::new();
+    let post = |path: &'static str, body: Value| post_raw(&client, &host.url, path, body.to_string());
+
+    let mut expected = Expected::default();
+    let mut n = 300;
+    for path in ["/wasm/votes", "/wasm/rust/send_data", "/wasm/rust", "/wasm/insert", "/wasm"] {
+        n += 1;
+        let (status, reply) = post(path, json_vote(n)).await;
+        expected.add(&accepted_id(status, &reply), n, "wasm");
+    }
+    // The client's own vote id, sent twice: counted once.
+    n += 1;
+    let (name, album, _, _) = vote(n);
+    let mine = json!({"name": name, "album": album, "year": 1997, "rank": 9.5, "vote_id": "wasm-embedded-1"});
+    for _ in 0..2 {
+        let (status, reply) = post("/wasm/votes", mine.clone()).await;
+        assert_eq!(accepted_id(status, &reply), "wasm-embedded-1");
+    }
+    expected.add("wasm-embedded-1", n, "wasm");
+    let batch: Vec<usize> = (n + 1..n + 10).collect();
+    let votes: Vec<Value> = batch.iter().map(|&i| json_vote(i)).collect();
+    let (status, reply) = post("/wasm/votes/batch", json!({ "votes": votes })).await;
+    assert_eq!((status, reply["accepted"].as_u64()), (200, Some(9)), "{reply}");
+    for (&i, id) in batch.iter().zip(reply["vote_ids"].as_array().expect("batch ids")) {
+        expected.add(id.as_str().expect("id"), i, "wasm");
+    }
+    let (status, reply) = post("/wasm/votes", json!({"name": "A"})).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (400, Some("invalid_vote")), "{reply}");
+
+    let logged = counted_once_as_wasm(&pipeline, &expected).await;
+    assert_eq!(logged["wasm-embedded-1"].rank, 9.5, "the rank crosses the sandbox unchanged");
+
+    host.stop().await;
     consumer.stop().await;
     pipeline.finish().await;
 }
