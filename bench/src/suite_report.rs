@@ -108,6 +108,25 @@ impl SuiteReport {
                 ));
             }
         }
+        // The Wasm route against the native route it does the work of: CPU per vote and capacity.
+        if let (Some(wasm), Some(native)) = (self.capacity("wasm-vote"), self.capacity("http-vote")) {
+            let ratio = wasm.median / native.median;
+            targets.push((
+                "wasm-vote: capacity ÷ http-vote's".into(),
+                format!("{} ÷ {} = {ratio:.2}", rate(wasm.median), rate(native.median)),
+                "≥ 0.33",
+                ratio >= 1.0 / 3.0,
+            ));
+        }
+        if let (Some(wasm), Some(native)) = (self.server_cpu("wasm-vote"), self.server_cpu("http-vote")) {
+            let ratio = wasm.median / native.median;
+            targets.push((
+                "wasm-vote: CPU per vote ÷ http-vote's".into(),
+                format!("{:.0} µs ÷ {:.1} µs = {ratio:.2}", wasm.median, native.median),
+                "≤ 3",
+                ratio <= 3.0,
+            ));
+        }
         if let Some(producer) = self.peer("rdkafka producer") {
             for name in ["http-batch", "grpc-batch"] {
                 if let Some(batch) = self.capacity(name) {
