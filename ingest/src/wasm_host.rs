@@ -98,6 +98,8 @@ pub struct Refused {
     pub status: u16,
     /// The JSON body to answer with.
     pub body: String,
+    /// The body's error code, read once.
+    pub code: Option<ErrorCode>,
     /// The votes it turns away (1 for a body that is not a vote or a batch).
     pub votes: usize,
 }
@@ -129,19 +131,13 @@ impl Checker {
 
     /// Checks one vote's body in a fresh instance.
     pub fn vote(&self, body: &[u8]) -> anyhow::Result<Result<Checked, Refused>> {
-        self.call(|checker, store| checker.call_check_vote(store, body))
-            .map(|checked| checked.map_err(|refusal| refused(refusal, 1)))
+        self.call(|checker, store| checker.call_check_vote(store, body)).map(|checked| checked.map_err(refused))
     }
 
     /// Checks a batch's body, of at most `most` votes, in a fresh instance.
     pub fn batch(&self, body: &[u8], most: usize) -> anyhow::Result<Result<Vec<Checked>, Refused>> {
         let most = u32::try_from(most).unwrap_or(u32::MAX);
-        self.call(|checker, store| checker.call_check_batch(store, body, most)).map(|checked| {
-            checked.map_err(|refusal| {
-                let votes = refusal.votes as usize;
-                refused(refusal, votes)
-            })
-        })
+        self.call(|checker, store| checker.call_check_batch(store, body, most)).map(|checked| checked.map_err(refused))
     }
 
     fn call<T>(
@@ -156,8 +152,12 @@ impl Checker {
     }
 }
 
-fn refused(refusal: bindings::Refusal, votes: usize) -> Refused {
-    Refused { status: refusal.status, body: refusal.body, votes: votes.max(1) }
+fn refused(refusal: bindings::Refusal) -> Refused {
+    let code = serde_json::from_str::<Value>(&refusal.body).ok().and_then(|body| {
+        let code = body["error"]["code"].as_str()?;
+        ErrorCode::EVERY.into_iter().find(|known| known.code() == code)
+    });
+    Refused { status: refusal.status, body: refusal.body, code, votes: (refusal.votes as usize).max(1) }
 }
 
 /// A checked vote as the caster reads votes: every field as the component gave it.
@@ -217,7 +217,7 @@ async fn cast_batch(State(host): State<Host>, headers: HeaderMap, request: Reque
     // batch refused for its votes included, but not one refused for its size.
     let votes = match &checked {
         Ok(votes) => votes.len(),
-        Err(refusal) if code(refusal) == Some(ErrorCode::BatchTooLarge) => 0,
+        Err(refusal) if refusal.code == Some(ErrorCode::BatchTooLarge) => 0,
         Err(refusal) => refusal.votes,
     };
     if let Some(budget) = budget.filter(|_| votes > 0) {
@@ -230,17 +230,10 @@ async fn cast_batch(State(host): State<Host>, headers: HeaderMap, request: Reque
     Ok(reply::accepted_all(&vote_ids).into_response())
 }
 
-/// The error code of the component's answer.
-fn code(refusal: &Refused) -> Option<ErrorCode> {
-    let body: Value = serde_json::from_str(&refusal.body).ok()?;
-    let code = body["error"]["code"].as_str()?;
-    ErrorCode::EVERY.into_iter().find(|known| known.code() == code)
-}
-
 /// The component's refusal as the answer, counted under its code.
 fn answer(refusal: Refused) -> Rejection {
     let status = axum::http::StatusCode::from_u16(refusal.status).unwrap_or(axum::http::StatusCode::BAD_REQUEST);
-    if let Some(code) = code(&refusal) {
+    if let Some(code) = refusal.code {
         count_rejected(Route::Wasm, code, refusal.votes);
     }
     let response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], refusal.body).into_response();
