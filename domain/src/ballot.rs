@@ -33,11 +33,16 @@ pub enum Input {
 impl Input {
     /// Reads a field of a JSON object.
     pub fn from_json(value: Option<&serde_json::Value>) -> Self {
+        Input::from_value(value.cloned())
+    }
+
+    /// Reads a field of a JSON object, taken out of it.
+    pub fn from_value(value: Option<serde_json::Value>) -> Self {
         use serde_json::Value;
         match value {
             None => Input::Missing,
-            Some(Value::String(s)) => Input::Text(s.clone()),
-            Some(Value::Number(n)) => Input::Number(n.clone()),
+            Some(Value::String(s)) => Input::Text(s),
+            Some(Value::Number(n)) => Input::Number(n),
             Some(Value::Null) => Input::Other("null"),
             Some(Value::Bool(_)) => Input::Other("boolean"),
             Some(Value::Array(_)) => Input::Other("array"),
@@ -74,11 +79,19 @@ pub struct BallotInput {
 impl BallotInput {
     /// Reads the fields of a JSON object; unknown fields are ignored, a non-object is an error.
     pub fn from_json(value: &serde_json::Value) -> Result<Self, InvalidVote> {
-        let Some(object) = value.as_object() else {
-            let got = Input::from_json(Some(value)).type_name();
-            return Err(InvalidVote::one("vote", format!("must be a JSON object, got {got}")));
+        BallotInput::from_value(value.clone())
+    }
+
+    /// [`BallotInput::from_json`], taking the fields out of the value instead of copying them.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, InvalidVote> {
+        let mut object = match value {
+            serde_json::Value::Object(object) => object,
+            other => {
+                let got = Input::from_value(Some(other)).type_name();
+                return Err(InvalidVote::one("vote", format!("must be a JSON object, got {got}")));
+            }
         };
-        let field = |name: &str| Input::from_json(object.get(name));
+        let mut field = |name: &str| Input::from_value(object.remove(name));
         Ok(BallotInput {
             name: field("name"),
             album: field("album"),
@@ -204,15 +217,18 @@ pub fn normal_name(text: &str) -> Result<String, String> {
     if text.is_empty() {
         return Err("must not be empty".into());
     }
-    let text: String = if is_nfc(text) { text.to_owned() } else { text.nfc().collect() };
-    let chars = text.chars().count();
+    // ASCII text is in NFC already, has one character per byte and no format character (the first
+    // one is U+00AD): most names are read without a look-up in the Unicode tables.
+    let ascii = text.is_ascii();
+    let text: String = if ascii || is_nfc(text) { text.to_owned() } else { text.nfc().collect() };
+    let chars = if ascii { text.len() } else { text.chars().count() };
     if chars > MAX_NAME_CHARS {
         return Err(format!("must be at most {MAX_NAME_CHARS} characters, got {chars}"));
     }
     if text.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
-    if let Some(format) = text.chars().find(|c| c.general_category() == GeneralCategory::Format) {
+    if let Some(format) = text.chars().find(|c| !c.is_ascii() && c.general_category() == GeneralCategory::Format) {
         return Err(format!("contains an invisible format character U+{:04X}", u32::from(format)));
     }
     Ok(text)
@@ -506,6 +522,8 @@ mod tests {
         }
         // Visible non-ASCII names are fine.
         assert!(Ballot::from_json(&vote("Bohemia Suburbana", "Las Oxidadas Ramas del Mal ñ ü 🎸")).is_ok());
+        // An ASCII name skips the look-up: no ASCII character is a format character.
+        assert!((0..128u8).map(char::from).all(|c| c.general_category() != GeneralCategory::Format));
         // Spaces around a format character are trimmed, the character itself is not.
         assert_eq!(problems(vote("\u{200b} Alux", "a")), ["name: contains an invisible format character U+200B"]);
     }

@@ -12,6 +12,8 @@
 //! partition, in order ([`VoteEvent::key`], [`VoteEvent::partition`]). Decoding validates the vote again: a record
 //! that was not written by ingest gets the same checks as a request.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ballot::{Ballot, BallotInput, Input, InvalidVote, VoteId};
@@ -71,16 +73,17 @@ pub struct VoteEvent {
     pub received_at_ms: i64,
 }
 
+/// The record's JSON; written from borrowed fields, read into owned ones.
 #[derive(Serialize, Deserialize)]
-struct WireV1 {
+struct WireV1<'a> {
     v: u32,
-    vote_id: String,
-    name: String,
-    album: String,
+    vote_id: Cow<'a, str>,
+    name: Cow<'a, str>,
+    album: Cow<'a, str>,
     year: i32,
     rank: f64,
     #[serde(default)]
-    voter_id: Option<String>,
+    voter_id: Option<Cow<'a, str>>,
     route: Route,
     received_at_ms: i64,
 }
@@ -102,10 +105,10 @@ impl VoteEvent {
     /// The record key: the voter (`voter:<voter_id>`) when the vote names one, else the vote id.
     /// Every vote of one voter, and every copy of one vote, lands in the same partition, where the
     /// consumer keeps that voter's counts and that vote's re-send memory.
-    pub fn key(&self) -> String {
+    pub fn key(&self) -> Cow<'_, str> {
         match &self.ballot.voter_id {
-            Some(voter) => format!("voter:{voter}"),
-            None => self.vote_id.as_str().to_owned(),
+            Some(voter) => Cow::Owned(format!("voter:{voter}")),
+            None => Cow::Borrowed(self.vote_id.as_str()),
         }
     }
 
@@ -144,18 +147,25 @@ impl VoteEvent {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(192);
+        self.encode_into(&mut payload);
+        payload
+    }
+
+    /// [`VoteEvent::encode`], appended to `payload` (a buffer a producer reuses for every record).
+    pub fn encode_into(&self, payload: &mut Vec<u8>) {
         let wire = WireV1 {
             v: EVENT_VERSION,
-            vote_id: self.vote_id.as_str().to_owned(),
-            name: self.ballot.band.clone(),
-            album: self.ballot.album.clone(),
+            vote_id: Cow::Borrowed(self.vote_id.as_str()),
+            name: Cow::Borrowed(&self.ballot.band),
+            album: Cow::Borrowed(&self.ballot.album),
             year: self.ballot.year.get(),
             rank: self.ballot.rank.get(),
-            voter_id: self.ballot.voter_id.clone(),
+            voter_id: self.ballot.voter_id.as_deref().map(Cow::Borrowed),
             route: self.route,
             received_at_ms: self.received_at_ms,
         };
-        serde_json::to_vec(&wire).expect("a vote event always serializes")
+        serde_json::to_writer(payload, &wire).expect("a vote event always serializes")
     }
 
     pub fn decode(payload: Option<&[u8]>) -> Result<Self, DecodeError> {
@@ -170,12 +180,12 @@ impl VoteEvent {
         }
         let wire: WireV1 = serde_json::from_slice(payload)?;
         let input = BallotInput {
-            name: Input::Text(wire.name),
-            album: Input::Text(wire.album),
+            name: Input::Text(wire.name.into_owned()),
+            album: Input::Text(wire.album.into_owned()),
             year: Input::Number(wire.year.into()),
             rank: serde_json::Number::from_f64(wire.rank).map_or(Input::Other("NaN"), Input::Number),
-            vote_id: Input::Text(wire.vote_id),
-            voter_id: wire.voter_id.map_or(Input::Missing, Input::Text),
+            vote_id: Input::Text(wire.vote_id.into_owned()),
+            voter_id: wire.voter_id.map_or(Input::Missing, |voter| Input::Text(voter.into_owned())),
         };
         let mut ballot = Ballot::parse(&input)?;
         let vote_id = ballot.vote_id.take().ok_or_else(|| InvalidVote::one("vote_id", "is required"))?;

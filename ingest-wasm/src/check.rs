@@ -13,7 +13,7 @@ use bandvote_domain::{
 /// One vote: a JSON object, checked, with its id.
 pub fn vote(body: &[u8]) -> Result<Ballot, ErrorReply> {
     let value = reply::parse_json(body)?;
-    let ballot = BallotInput::from_json(&value)
+    let ballot = BallotInput::from_value(value)
         .and_then(|input| Ballot::parse(&input))
         .map_err(|invalid| ErrorReply::invalid_vote(&invalid))?;
     Ok(with_id(ballot))
@@ -30,7 +30,7 @@ pub fn batch(body: &[u8], most: usize) -> Result<Vec<Ballot>, (ErrorReply, usize
     }
     // Like the native route: a vote that is not a JSON object refuses the batch on its own, before
     // any field of the others is checked.
-    let inputs: Vec<Result<BallotInput, InvalidVote>> = votes.iter().map(BallotInput::from_json).collect();
+    let inputs: Vec<Result<BallotInput, InvalidVote>> = votes.into_iter().map(BallotInput::from_value).collect();
     if inputs.iter().any(Result::is_err) {
         let not_objects: Vec<_> =
             inputs.into_iter().enumerate().filter_map(|(i, input)| input.err().map(|e| (i, e))).collect();

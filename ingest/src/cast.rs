@@ -142,11 +142,12 @@ impl Caster {
 
     /// Publishes one checked vote; returns its id once Kafka acknowledged it.
     pub async fn cast(&self, route: Route, ballot: Ballot, delivery: Delivery) -> Result<VoteId, CastError> {
+        let fresh = ballot.vote_id.is_none();
         let event = stamp(route, ballot, now_ms());
         if !self.contest.window.contains(event.received_at_ms) {
             return Err(CastError::Closed { window: self.contest.window.clone() });
         }
-        match self.standing(std::slice::from_ref(&event)).await.and_then(|s| s.first().copied()) {
+        match self.standing(std::slice::from_ref(&event), &[fresh]).await.and_then(|s| s.first().copied()) {
             Some(Standing::Counted) => return Ok(event.vote_id),
             Some(Standing::Refused(reason)) => {
                 return Err(CastError::Refused { reason, rule: self.contest.voters.describe() });
@@ -189,8 +190,9 @@ impl Caster {
         if !self.contest.window.contains(now) {
             return Err(BatchError::Closed { total: ballots.len(), window: self.contest.window.clone() });
         }
+        let fresh: Vec<bool> = ballots.iter().map(|ballot| ballot.vote_id.is_none()).collect();
         let events: Vec<VoteEvent> = ballots.into_iter().map(|ballot| stamp(route, ballot, now)).collect();
-        let standings = self.standing(&events).await.unwrap_or_default();
+        let standings = self.standing(&events, &fresh).await.unwrap_or_default();
         let refused: Vec<(usize, Refused)> = standings
             .iter()
             .enumerate()
@@ -210,9 +212,15 @@ impl Caster {
             }
             return Ok(events.into_iter().map(|event| event.vote_id).collect());
         }
-        let to_publish: Vec<VoteEvent> =
-            events.iter().zip(&counted).filter(|(_, counted)| !**counted).map(|(e, _)| e.clone()).collect();
-        let mut published = self.publisher.publish_all(&to_publish).await.into_iter();
+        // Usually none was counted before, and the batch is published as it is.
+        let published = if counted.contains(&true) {
+            let to_publish: Vec<VoteEvent> =
+                events.iter().zip(&counted).filter(|(_, counted)| !**counted).map(|(e, _)| e.clone()).collect();
+            self.publisher.publish_all(&to_publish).await
+        } else {
+            self.publisher.publish_all(&events).await
+        };
+        let mut published = published.into_iter();
         let results: Vec<Result<(), PublishError>> =
             counted.iter().map(|&counted| if counted { Ok(()) } else { published.next().unwrap_or(Ok(())) }).collect();
         let mut accepted_ids = Vec::with_capacity(events.len());
@@ -237,8 +245,8 @@ impl Caster {
 
 impl Caster {
     /// What the counting step knows of these votes, when ingest can ask (see [`crate::standing`]).
-    async fn standing(&self, events: &[VoteEvent]) -> Option<Vec<Standing>> {
-        self.standings.as_ref()?.of(events).await
+    async fn standing(&self, events: &[VoteEvent], fresh: &[bool]) -> Option<Vec<Standing>> {
+        self.standings.as_ref()?.of(events, fresh).await
     }
 }
 

@@ -107,7 +107,7 @@ where
     async fn from_request(request: Request, state: &S) -> Result<Self, Rejection> {
         let route = Route::from_ref(state);
         let value = RawBody::json(request, state).await?;
-        BallotInput::from_json(&value).map(JsonVote).map_err(|error| Rejection::new(route, 1, error))
+        BallotInput::from_value(value).map(JsonVote).map_err(|error| Rejection::new(route, 1, error))
     }
 }
 
@@ -132,16 +132,17 @@ impl FromRequest<HttpRoute> for JsonBatch {
         if let Some(budget) = budget {
             budget.rest_of_batch(votes.len()).map_err(|refusal| Rejection::Counted(Refusal::response(refusal)))?;
         }
-        let mut inputs = Vec::with_capacity(votes.len());
+        let total = votes.len();
+        let mut inputs = Vec::with_capacity(total);
         let mut not_objects = Vec::new();
-        for (index, vote) in votes.iter().enumerate() {
-            match BallotInput::from_json(vote) {
+        for (index, vote) in votes.into_iter().enumerate() {
+            match BallotInput::from_value(vote) {
                 Ok(input) => inputs.push(input),
                 Err(err) => not_objects.push((index, err)),
             }
         }
         if !not_objects.is_empty() {
-            return Err(Rejection::batch(route, BatchError::Invalid { total: votes.len(), invalid: not_objects }));
+            return Err(Rejection::batch(route, BatchError::Invalid { total, invalid: not_objects }));
         }
         Ok(JsonBatch(inputs))
     }

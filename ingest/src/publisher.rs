@@ -208,11 +208,14 @@ impl Publisher {
         let batch = Arc::new(Batch::new(events.len(), (&self.latency_ok, &self.latency_error)));
         let deadline = tokio::time::Instant::now() + self.timeout;
         let queue_deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+        // librdkafka copies each record's payload: one buffer serves the whole batch.
+        let mut payload = Vec::with_capacity(256);
         for (place, event) in events.iter().enumerate() {
-            let payload = event.encode();
+            payload.clear();
+            event.encode_into(&mut payload);
             let key = event.key();
             let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(Ticket { batch: batch.clone(), place }))
-                .key(&key)
+                .key(key.as_bytes())
                 .payload(&payload);
             // A full local queue is waited on for QUEUE_WAIT at most (from the batch's start),
             // then this vote and the rest are refused.

@@ -48,6 +48,14 @@ end
 return out
 ";
 
+/// The votes whose standing Redis may know: those with the client's own id (a re-send) or a voter
+/// (the rule). A vote with a fresh id and no voter is new.
+fn asked(events: &[VoteEvent], fresh: &[bool]) -> Vec<usize> {
+    (0..events.len())
+        .filter(|&i| !fresh.get(i).copied().unwrap_or(false) || events[i].ballot.voter_id.is_some())
+        .collect()
+}
+
 /// What the counting step knows of a vote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
@@ -99,7 +107,15 @@ impl Standings {
     /// The standing of each vote, in order, as the counting step would see them one after another
     /// (a batch's later votes count the earlier ones against the rule). `None` when Redis or Kafka's
     /// metadata did not answer in time: the consumer decides alone.
-    pub async fn of(&self, events: &[VoteEvent]) -> Option<Vec<Standing>> {
+    ///
+    /// `fresh[i]` says that vote `i`'s id was made here, just now: the counting step cannot know
+    /// it, so a fresh vote without a voter is new without asking Redis (and a batch of only such
+    /// votes asks nothing).
+    pub async fn of(&self, events: &[VoteEvent], fresh: &[bool]) -> Option<Vec<Standing>> {
+        let asked = asked(events, fresh);
+        if asked.is_empty() {
+            return Some(vec![Standing::New; events.len()]);
+        }
         let partitions = match self.partitions.get_or_try_init(|| self.publisher.partitions()).await {
             Ok(partitions) => *partitions,
             Err(err) => {
@@ -108,8 +124,8 @@ impl Standings {
             }
         };
         let mut by_partition: HashMap<i32, Vec<usize>> = HashMap::new();
-        for (index, event) in events.iter().enumerate() {
-            by_partition.entry(event.partition(partitions)).or_default().push(index);
+        for index in asked {
+            by_partition.entry(events[index].partition(partitions)).or_default().push(index);
         }
         let now = events.first().map_or(0, |e| e.received_at_ms);
         let generations = self.window.lookups(self.window.generation_of(now));
@@ -188,5 +204,30 @@ impl Standings {
                 Standing::New
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bandvote_domain::{Ballot, Route};
+
+    use super::*;
+
+    #[test]
+    fn only_votes_redis_may_know_are_asked_about() {
+        let event = |vote_id: &str, voter: Option<&str>| {
+            let mut vote =
+                serde_json::json!({"name": "A", "album": "B", "year": "1997", "rank": "1", "vote_id": vote_id});
+            if let Some(voter) = voter {
+                vote["voter_id"] = voter.into();
+            }
+            let ballot = Ballot::from_json(&vote).expect("a ballot");
+            VoteEvent { vote_id: ballot.vote_id.clone().expect("an id"), ballot, route: Route::Http, received_at_ms: 0 }
+        };
+        let events =
+            [event("mine", None), event("made-0", None), event("made-1", Some("ana")), event("again", Some("ana"))];
+        // The client's ids (0, 3) may be re-sends; the fresh one with a voter (2) counts against the rule.
+        assert_eq!(asked(&events, &[false, true, true, false]), [0, 2, 3]);
+        assert_eq!(asked(&events[1..2], &[true]), Vec::<usize>::new(), "a fresh anonymous vote asks nothing");
     }
 }
