@@ -5,9 +5,9 @@
 //!   each vote over a real gRPC channel, as the original "gRPC client" did.
 //! * The HTTP route ([`http`]): `POST /votes`, `POST /votes/batch` and the original paths.
 //! * The Wasm route, in one of two shapes:
-//!   - with `WASM_COMPONENT`, embedded ([`wasm_host`]): the checker component of `ingest-wasm`
-//!     reads and checks each request's body in a WebAssembly sandbox inside this process, and the
-//!     votes it returns are cast here;
+//!   - with `WASM_COMPONENT`, embedded (`wasm_host`, the default cargo feature `wasm-host`): the
+//!     checker component of `ingest-wasm` reads and checks each request's body in a WebAssembly
+//!     sandbox inside this process, and the votes it returns are cast here;
 //!   - without, its producer side ([`http::wasm_router`]): `POST /wasm/votes` and
 //!     `/wasm/votes/batch`, which the `wasi:http` front of `ingest-wasm` (under `wasmtime serve`)
 //!     forwards checked votes to over loopback.
@@ -28,6 +28,7 @@ pub mod reply;
 pub mod standing;
 #[cfg(test)]
 mod testing;
+#[cfg(feature = "wasm-host")]
 pub mod wasm_host;
 
 use std::{
@@ -163,7 +164,30 @@ pub struct Ingest {
     http: TcpListener,
     grpc: Option<TcpListener>,
     ops: TcpListener,
-    checker: Option<wasm_host::Checker>,
+    checker: Option<Checker>,
+}
+
+#[cfg(feature = "wasm-host")]
+use wasm_host::Checker;
+
+/// A build without the `wasm-host` feature never has a checker.
+#[cfg(not(feature = "wasm-host"))]
+#[derive(Clone)]
+enum Checker {}
+
+#[cfg(feature = "wasm-host")]
+fn load_checker(path: &std::path::Path) -> anyhow::Result<Checker> {
+    Checker::load(path)
+}
+
+#[cfg(not(feature = "wasm-host"))]
+fn load_checker(path: &std::path::Path) -> anyhow::Result<Checker> {
+    anyhow::bail!(
+        "WASM_COMPONENT is set ({}), but this ingest is built without its `wasm-host` feature: build it with \
+         default features (`cargo build -p bandvote-ingest`), or unset WASM_COMPONENT and put the Wasm route's \
+         wasi:http front (`dev/build-wasm`) under `wasmtime serve` in front of it",
+        path.display()
+    )
 }
 
 impl Ingest {
@@ -177,6 +201,11 @@ impl Ingest {
             );
         }
         config.kafka.validate().map_err(anyhow::Error::msg)?;
+        let checker = match &config.wasm_component {
+            Some(path) if config.routes.contains(&Serve::Wasm) => Some(load_checker(path)?),
+            Some(_) => anyhow::bail!("WASM_COMPONENT is set, but INGEST_ROUTES does not serve the wasm route"),
+            None => None,
+        };
         let contest = config.contest.load().map_err(anyhow::Error::msg)?.unwrap_or_default();
         bandvote_ops::telemetry::metrics();
         if let Err(err) = bandvote_ops::topics::ensure(&config.kafka).await {
@@ -193,11 +222,6 @@ impl Ingest {
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             caster = caster.with_standings(standings);
         }
-        let checker = match &config.wasm_component {
-            Some(path) if config.routes.contains(&Serve::Wasm) => Some(wasm_host::Checker::load(path)?),
-            Some(_) => anyhow::bail!("WASM_COMPONENT is set, but INGEST_ROUTES does not serve the wasm route"),
-            None => None,
-        };
         let http = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
@@ -262,7 +286,10 @@ impl Ingest {
         if config.routes.contains(&Serve::Wasm) {
             let limits = http::Limits { max_body_bytes: config.max_body_bytes, max_batch: config.max_batch_votes };
             router = router.merge(match checker.clone() {
+                #[cfg(feature = "wasm-host")]
                 Some(checker) => wasm_host::router(caster.clone(), limits, checker),
+                #[cfg(not(feature = "wasm-host"))]
+                Some(never) => match never {},
                 None => http::wasm_router(caster.clone(), limits),
             });
         }
@@ -372,4 +399,21 @@ impl Ingest {
 /// Builds and runs ingest until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     Ingest::build(config).await?.run_until_stopped(shutdown).await
+}
+
+#[cfg(all(test, not(feature = "wasm-host")))]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_build_without_the_wasm_host_refuses_a_component_and_says_what_to_do() {
+        let config = Config::parse_from(["bandvote-ingest", "--routes=wasm", "--wasm-component=/srv/checker.wasm"]);
+        let err = Ingest::build(config).await.err().expect("WASM_COMPONENT without the host is refused");
+        let message = err.to_string();
+        assert!(message.contains("WASM_COMPONENT is set (/srv/checker.wasm)"), "{message}");
+        assert!(message.contains("`wasm-host` feature"), "{message}");
+        assert!(message.contains("wasmtime serve"), "{message}");
+    }
 }
