@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use unicode_normalization::{UnicodeNormalization as _, is_nfc};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
+pub(crate) mod json;
+
 /// Longest band or album name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
 /// Longest `vote_id` or `voter_id`, in characters.
@@ -20,9 +22,10 @@ pub const YEARS: std::ops::RangeInclusive<i32> = 1900..=2100;
 pub const RANKS: std::ops::RangeInclusive<f64> = 0.0..=100.0;
 
 /// One field of untrusted input, as it arrived.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Input {
     /// The field was not sent (or, in protobuf, left empty where empty means "not sent").
+    #[default]
     Missing,
     Text(String),
     Number(serde_json::Number),
@@ -66,7 +69,7 @@ impl Input {
 }
 
 /// The raw fields of one vote, before validation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct BallotInput {
     pub name: Input,
     pub album: Input,
@@ -86,10 +89,7 @@ impl BallotInput {
     pub fn from_value(value: serde_json::Value) -> Result<Self, InvalidVote> {
         let mut object = match value {
             serde_json::Value::Object(object) => object,
-            other => {
-                let got = Input::from_value(Some(other)).type_name();
-                return Err(InvalidVote::one("vote", format!("must be a JSON object, got {got}")));
-            }
+            other => return Err(InvalidVote::not_an_object(&Input::from_value(Some(other)))),
         };
         let mut field = |name: &str| Input::from_value(object.remove(name));
         Ok(BallotInput {
@@ -146,6 +146,13 @@ impl VoteId {
     /// Checks an id made by the server or sent by a client.
     pub fn parse(id: &str) -> Result<Self, String> {
         check_id(id).map(|()| VoteId(id.to_owned()))
+    }
+
+    /// An id this crate made (a UUID's text), valid by construction: not checked again.
+    #[cfg(feature = "new-ids")]
+    pub(crate) fn made(id: &str) -> Self {
+        debug_assert_eq!(check_id(id), Ok(()));
+        VoteId(id.to_owned())
     }
 
     pub fn as_str(&self) -> &str {
@@ -357,6 +364,11 @@ pub struct InvalidVote {
 impl InvalidVote {
     pub fn one(field: &'static str, problem: impl Into<String>) -> Self {
         InvalidVote { errors: vec![FieldError { field, problem: problem.into() }] }
+    }
+
+    /// A vote that is not a JSON object, but `got`.
+    fn not_an_object(got: &Input) -> Self {
+        InvalidVote::one("vote", format!("must be a JSON object, got {}", got.type_name()))
     }
 }
 

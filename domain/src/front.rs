@@ -1,7 +1,7 @@
 //! The contract every vote front keeps, native (ingest) and WebAssembly (`ingest-wasm`) alike, and
 //! that the benchmark's clients speak: the paths, the no-op header and the ids a front gives.
 //! A batch's own rules (an array or `{"votes": [...]}`, at most `MAX_BATCH_VOTES`) are
-//! [`reply::batch_votes`](crate::reply::batch_votes).
+//! [`reply::read_batch`](crate::reply::read_batch).
 
 /// The paths that take one JSON vote: `/votes` and the original clients' paths.
 pub const VOTE_PATHS: [&str; 5] = ["/votes", "/rust/send_data", "/rust", "/insert", "/"];
@@ -32,7 +32,8 @@ impl VotePath {
 /// client sent none. Built with the `new-ids` feature (the browser build does not give ids).
 #[cfg(feature = "new-ids")]
 pub fn new_vote_id() -> crate::VoteId {
-    crate::VoteId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid vote id")
+    let mut text = uuid::Uuid::encode_buffer();
+    crate::VoteId::made(uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text))
 }
 
 #[cfg(test)]
@@ -46,5 +47,15 @@ mod tests {
         assert_eq!(VotePath::of("/votes/batch"), Some(VotePath::Batch));
         assert_eq!(VotePath::of("/votes/"), None);
         assert_eq!(VotePath::of("/wasm/votes"), None, "a prefix is the front's own business");
+    }
+
+    #[cfg(feature = "new-ids")]
+    #[test]
+    fn a_new_vote_id_is_a_valid_time_ordered_uuid() {
+        let (first, second) = (new_vote_id(), new_vote_id());
+        assert_eq!(crate::VoteId::parse(first.as_str()), Ok(first.clone()));
+        let uuid = uuid::Uuid::parse_str(first.as_str()).expect("a UUID");
+        assert_eq!((uuid.get_version_num(), uuid.hyphenated().to_string()), (7, first.as_str().to_owned()));
+        assert!(first < second, "{first} then {second}");
     }
 }

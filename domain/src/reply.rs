@@ -8,7 +8,10 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::{InvalidVote, Refused, VoteId};
+use crate::{
+    InvalidVote, Refused, VoteId,
+    ballot::{BallotInput, json::Item},
+};
 
 /// Every error a bandvote HTTP service answers with: the body's `code`, its one HTTP status, and
 /// the gRPC code the gRPC route gives the same error.
@@ -260,33 +263,37 @@ pub const BODY_TOO_LARGE: &str = "Failed to buffer the request body: length limi
 
 /// Reads a request body as JSON.
 pub fn parse_json(body: &[u8]) -> Result<Value, ErrorReply> {
-    serde_json::from_slice(body).map_err(|err| ErrorReply::malformed(format!("the body is not valid JSON: {err}")))
+    serde_json::from_slice(body).map_err(not_json)
 }
 
-/// The votes of a batch body: a JSON array, or `{"votes": [...]}`; not empty, at most `most`.
-pub fn batch_votes(body: Value, most: usize) -> Result<Vec<Value>, ErrorReply> {
+fn not_json(err: serde_json::Error) -> ErrorReply {
+    ErrorReply::malformed(format!("the body is not valid JSON: {err}"))
+}
+
+/// Reads one vote's body straight into its fields: not JSON, the body is malformed; JSON but
+/// not an object, the vote is invalid. The same as [`BallotInput::from_value`] of the parsed body,
+/// without building the JSON tree.
+pub fn read_vote(body: &[u8]) -> Result<Result<BallotInput, InvalidVote>, ErrorReply> {
+    serde_json::from_slice::<Item>(body).map(Item::into_vote).map_err(not_json)
+}
+
+/// Reads a batch body, a JSON array of votes or `{"votes": [...]}`, not empty, straight into each
+/// vote's fields (or, for a vote that is not a JSON object, why not). How many votes a batch may
+/// hold is the caller's to check: the native route charges a client's rate limit in between.
+pub fn read_batch(body: &[u8]) -> Result<Vec<Result<BallotInput, InvalidVote>>, ErrorReply> {
     const SHAPE: &str = "a batch must be a JSON array of votes or {\"votes\": [...]}";
-    let votes = match body {
-        Value::Array(votes) => votes,
-        Value::Object(mut object) => match object.remove("votes") {
-            Some(Value::Array(votes)) => votes,
-            _ => return Err(ErrorReply::malformed(SHAPE)),
-        },
-        _ => return Err(ErrorReply::malformed(SHAPE)),
-    };
+    let body: Item = serde_json::from_slice(body).map_err(not_json)?;
+    let votes = body.into_batch().ok_or_else(|| ErrorReply::malformed(SHAPE))?;
     if votes.is_empty() {
         return Err(ErrorReply::malformed("the batch holds no votes"));
     }
-    if votes.len() > most {
-        return Err(ErrorReply::batch_too_large(most, votes.len()));
-    }
-    Ok(votes)
+    Ok(votes.into_iter().map(Item::into_vote).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Ballot;
+    use crate::{Ballot, Input};
 
     #[test]
     fn an_invalid_vote_names_each_field() {
@@ -307,13 +314,158 @@ mod tests {
     }
 
     #[test]
-    fn batch_shapes_and_limits() {
-        assert_eq!(batch_votes(json!({"votes": [1, 2]}), 2).expect("a batch").len(), 2);
-        assert_eq!(batch_votes(json!([]), 2).expect_err("empty").message, "the batch holds no votes");
-        assert_eq!(batch_votes(json!({"ballots": [1]}), 2).expect_err("shape").code.code(), "malformed_json");
-        let too_many = batch_votes(json!([1, 2, 3]), 2).expect_err("too many");
-        assert_eq!((too_many.status, too_many.code.code()), (413, "batch_too_large"));
-        assert_eq!(too_many.message, "a batch may hold at most 2 votes, got 3");
+    fn batch_shapes() {
+        assert_eq!(read_batch(br#"{"votes": [1, 2]}"#).expect("a batch").len(), 2);
+        assert_eq!(read_batch(b"[]").expect_err("empty").message, "the batch holds no votes");
+        let shape = read_batch(br#"{"ballots": [1]}"#).expect_err("shape");
+        assert_eq!((shape.status, shape.code.code()), (400, "malformed_json"));
+        assert_eq!(shape.message, "a batch must be a JSON array of votes or {\"votes\": [...]}");
+        let not_objects = read_batch(br#"[{"name": "A"}, "B", null]"#).expect("a batch");
+        assert_eq!(not_objects[0].as_ref().expect("an object").name, Input::Text("A".into()));
+        let problems: Vec<String> =
+            not_objects[1..].iter().map(|v| v.as_ref().expect_err("not an object").to_string()).collect();
+        assert_eq!(problems, ["vote: must be a JSON object, got a string", "vote: must be a JSON object, got null"]);
+    }
+
+    /// What the bodies read as through a JSON tree, the way they were read before [`read_vote`]
+    /// and [`read_batch`]: the reference they must agree with.
+    fn vote_by_tree(body: &[u8]) -> Result<Result<BallotInput, InvalidVote>, ErrorReply> {
+        parse_json(body).map(BallotInput::from_value)
+    }
+
+    fn batch_by_tree(body: &[u8]) -> Result<Vec<Result<BallotInput, InvalidVote>>, ErrorReply> {
+        let shape = || ErrorReply::malformed("a batch must be a JSON array of votes or {\"votes\": [...]}");
+        let votes = match parse_json(body)? {
+            Value::Array(votes) => votes,
+            Value::Object(mut object) => match object.remove("votes") {
+                Some(Value::Array(votes)) => votes,
+                _ => return Err(shape()),
+            },
+            _ => return Err(shape()),
+        };
+        if votes.is_empty() {
+            return Err(ErrorReply::malformed("the batch holds no votes"));
+        }
+        Ok(votes.into_iter().map(BallotInput::from_value).collect())
+    }
+
+    #[test]
+    fn bodies_read_as_a_json_tree_reads_them() {
+        let mut bodies: Vec<Vec<u8>> = [
+            r#"{"name": "Alux Nahual", "album": "Conquista", "year": "1990", "rank": "9.5"}"#,
+            r#"{"name": "A", "name": 5, "album": null, "year": 1990.0, "rank": 1e2, "vote_id": true}"#,
+            r#"{"n\u0061me": "A\u00e9", "voter_id": ["x"], "extra": {"name": "B"}, "rank": {"a": 1}}"#,
+            r#"{"name": "A", "extra": 1e999}"#,
+            r#"{"name": "A", "extra": "\ud800"}"#,
+            r#"{"name": "A", "extra": "\ud800\udc00"}"#,
+            r#"{"name": 18446744073709551616, "year": -1, "rank": -0.0}"#,
+            r#"{"votes": [{"name": "A"}], "votes": 5}"#,
+            r#"{"votes": 5, "votes": [{"name": "A"}, 7, [], {}]}"#,
+            r#"{"votes": {"votes": [1]}}"#,
+            r#"[{"name": "A"}] x"#,
+            r#"[{"name": "A"},]"#,
+            r#"{"name": "A" "album": "B"}"#,
+            "",
+            " ",
+            "null",
+            "true",
+            "\"text\"",
+            "12",
+            "[]",
+            "{}",
+            "[[]]",
+            "{\"votes\": []}",
+        ]
+        .iter()
+        .map(|body| body.as_bytes().to_vec())
+        .collect();
+        bodies.push(b"{\"name\": \"A\", \"extra\": \"\xff\"}".to_vec());
+        bodies.push(b"{\"name\": \"\xc3\xa9\"}".to_vec());
+        bodies.push(format!("{}1{}", "[".repeat(200), "]".repeat(200)).into_bytes());
+        // And many made at random: JSON with the fields of a vote and of a batch, strange values,
+        // and one in four of them broken by a byte taken out or put in.
+        let mut random = Lcg(0x5eed);
+        for _ in 0..20_000 {
+            let mut body = Vec::new();
+            random_value(&mut random, &mut body, 0);
+            if random.below(4) == 0 {
+                let at = random.below(body.len() + 1);
+                match random.below(2) {
+                    0 if at < body.len() => drop(body.remove(at)),
+                    _ => body.insert(at, b",:{}[]\"\\x"[random.below(9)]),
+                }
+            }
+            bodies.push(body);
+        }
+        let mut valid = (0, 0);
+        for body in &bodies {
+            let text = String::from_utf8_lossy(body);
+            let vote = read_vote(body);
+            assert_eq!(vote, vote_by_tree(body), "one vote: {text}");
+            let batch = read_batch(body);
+            assert_eq!(batch, batch_by_tree(body), "a batch: {text}");
+            valid.0 += usize::from(vote.is_ok_and(|v| v.is_ok()));
+            valid.1 += usize::from(batch.is_ok());
+        }
+        // The random bodies must reach past the JSON errors, or they would test little.
+        assert!(valid.0 > 2_000 && valid.1 > 1_000, "objects read: {}, batches read: {}", valid.0, valid.1);
+    }
+
+    /// A small deterministic generator (Knuth's MMIX LCG), so that a failure repeats.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) as usize % n
+        }
+    }
+
+    fn random_value(random: &mut Lcg, out: &mut Vec<u8>, depth: usize) {
+        const KEYS: [&[u8]; 10] =
+            [b"name", b"album", b"year", b"rank", b"vote_id", b"voter_id", b"votes", b"x", b"n\\u0061me", b"\xff"];
+        const SCALARS: [&[u8]; 11] = [
+            b"\"Alux Nahual\"",
+            b"\"1997\"",
+            b"\"9.5\"",
+            b"\"A\\u00e9\"",
+            b"\"\xc3\xa9\"",
+            b"1997",
+            b"-2.5",
+            b"0.1e-400",
+            b"18446744073709551616",
+            b"null",
+            b"true",
+        ];
+        // Not JSON, or not what a JSON tree takes: one scalar in twenty.
+        const BAD: [&[u8]; 5] = [b"\"\\ud800\"", b"\"\\q\"", b"\"\xff\"", b"1e999", b"01"];
+        match random.below(if depth > 3 { 2 } else { 5 }) {
+            0 | 1 if random.below(20) == 0 => out.extend_from_slice(BAD[random.below(BAD.len())]),
+            0 | 1 => out.extend_from_slice(SCALARS[random.below(SCALARS.len())]),
+            2 => {
+                out.push(b'[');
+                for i in 0..random.below(4) {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    random_value(random, out, depth + 1);
+                }
+                out.push(b']');
+            }
+            _ => {
+                out.push(b'{');
+                for i in 0..random.below(7) {
+                    if i > 0 {
+                        out.extend_from_slice(b", ");
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(KEYS[random.below(KEYS.len())]);
+                    out.extend_from_slice(b"\": ");
+                    random_value(random, out, depth + 1);
+                }
+                out.push(b'}');
+            }
+        }
     }
 
     /// The error codes an OpenAPI document names (every `code` property's `enum`).

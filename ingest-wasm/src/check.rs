@@ -5,15 +5,13 @@
 
 use bandvote_domain::{
     Ballot, InvalidVote,
-    ballot::BallotInput,
     front::new_vote_id,
     reply::{self, ErrorReply},
 };
 
 /// One vote: a JSON object, checked, with its id.
 pub fn vote(body: &[u8]) -> Result<Ballot, ErrorReply> {
-    let value = reply::parse_json(body)?;
-    let ballot = BallotInput::from_value(value)
+    let ballot = reply::read_vote(body)?
         .and_then(|input| Ballot::parse(&input))
         .map_err(|invalid| ErrorReply::invalid_vote(&invalid))?;
     Ok(with_id(ballot))
@@ -23,14 +21,13 @@ pub fn vote(body: &[u8]) -> Result<Ballot, ErrorReply> {
 /// route, and each gets its id. A refusal comes with the number of votes it turns away, counted
 /// as the native route counts them (the bad votes of a batch, every vote of one too large).
 pub fn batch(body: &[u8], most: usize) -> Result<Vec<Ballot>, (ErrorReply, usize)> {
-    let votes = reply::parse_json(body).and_then(|value| reply::batch_votes(value, usize::MAX)).map_err(|e| (e, 1))?;
-    let total = votes.len();
+    let inputs = reply::read_batch(body).map_err(|e| (e, 1))?;
+    let total = inputs.len();
     if total > most {
         return Err((ErrorReply::batch_too_large(most, total), total));
     }
     // Like the native route: a vote that is not a JSON object refuses the batch on its own, before
     // any field of the others is checked.
-    let inputs: Vec<Result<BallotInput, InvalidVote>> = votes.into_iter().map(BallotInput::from_value).collect();
     if inputs.iter().any(Result::is_err) {
         let not_objects: Vec<_> =
             inputs.into_iter().enumerate().filter_map(|(i, input)| input.err().map(|e| (i, e))).collect();

@@ -21,7 +21,6 @@ use bandvote_domain::{
     front::{BATCH_PATH, NOOP_HEADER, VOTE_PATHS},
     reply::{self as bodies, ErrorCode, ErrorReply},
 };
-use serde_json::Value;
 
 use crate::{
     cast::{BatchError, Caster},
@@ -106,8 +105,9 @@ where
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Rejection> {
         let route = Route::from_ref(state);
-        let value = RawBody::json(request, state).await?;
-        BallotInput::from_value(value).map(JsonVote).map_err(|error| Rejection::new(route, 1, error))
+        let RawBody(body) = RawBody::from_request(request, state).await?;
+        let input = bodies::read_vote(&body).map_err(|error| Rejection::new(route, 1, ApiError(error)))?;
+        input.map(JsonVote).map_err(|error| Rejection::new(route, 1, error))
     }
 }
 
@@ -123,8 +123,8 @@ impl FromRequest<HttpRoute> for JsonBatch {
     async fn from_request(request: Request, http: &HttpRoute) -> Result<Self, Rejection> {
         let route = http.route;
         let budget = request.extensions().get::<Budget>().cloned();
-        let value = RawBody::json(request, http).await?;
-        let votes = bodies::batch_votes(value, usize::MAX).map_err(|error| Rejection::new(route, 1, error))?;
+        let RawBody(body) = RawBody::from_request(request, http).await?;
+        let votes = bodies::read_batch(&body).map_err(|error| Rejection::new(route, 1, ApiError(error)))?;
         if votes.len() > http.limits.max_batch {
             let error = ErrorReply::batch_too_large(http.limits.max_batch, votes.len());
             return Err(Rejection::new(route, votes.len(), error));
@@ -136,7 +136,7 @@ impl FromRequest<HttpRoute> for JsonBatch {
         let mut inputs = Vec::with_capacity(total);
         let mut not_objects = Vec::new();
         for (index, vote) in votes.into_iter().enumerate() {
-            match BallotInput::from_value(vote) {
+            match vote {
                 Ok(input) => inputs.push(input),
                 Err(err) => not_objects.push((index, err)),
             }
@@ -173,18 +173,6 @@ where
             Rejection::new(route, 1, error)
         })?;
         Ok(RawBody(body))
-    }
-}
-
-impl RawBody {
-    /// The body read as JSON: not JSON, it is refused as one vote of the route.
-    async fn json<S>(request: Request, state: &S) -> Result<Value, Rejection>
-    where
-        S: Send + Sync,
-        Route: FromRef<S>,
-    {
-        let RawBody(body) = RawBody::from_request(request, state).await?;
-        bodies::parse_json(&body).map_err(|error| Rejection::new(Route::from_ref(state), 1, ApiError(error)))
     }
 }
 
