@@ -290,6 +290,18 @@ pub fn read_batch(body: &[u8]) -> Result<Vec<Result<BallotInput, InvalidVote>>, 
     Ok(votes.into_iter().map(Item::into_vote).collect())
 }
 
+/// The votes of a batch read by [`read_batch`] when every one is a JSON object; else where each
+/// of the others is in the batch and why it is not one. Every route refuses such a batch on this
+/// alone, before any field of the other votes is checked.
+pub fn batch_objects(
+    votes: Vec<Result<BallotInput, InvalidVote>>,
+) -> Result<Vec<BallotInput>, Vec<(usize, InvalidVote)>> {
+    if votes.iter().all(Result::is_ok) {
+        return Ok(votes.into_iter().flatten().collect());
+    }
+    Err(votes.into_iter().enumerate().filter_map(|(index, vote)| vote.err().map(|err| (index, err))).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +337,13 @@ mod tests {
         let problems: Vec<String> =
             not_objects[1..].iter().map(|v| v.as_ref().expect_err("not an object").to_string()).collect();
         assert_eq!(problems, ["vote: must be a JSON object, got a string", "vote: must be a JSON object, got null"]);
+
+        let refused = batch_objects(not_objects).expect_err("two votes are not objects");
+        let places: Vec<usize> = refused.iter().map(|(index, _)| *index).collect();
+        assert_eq!(places, [1, 2]);
+        let objects = batch_objects(read_batch(br#"[{"name": "A"}, {}]"#).expect("a batch")).expect("objects");
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[0].name, Input::Text("A".into()));
     }
 
     /// What the bodies read as through a JSON tree, the way they were read before [`read_vote`]

@@ -26,16 +26,11 @@ pub fn batch(body: &[u8], most: usize) -> Result<Vec<Ballot>, (ErrorReply, usize
     if total > most {
         return Err((ErrorReply::batch_too_large(most, total), total));
     }
-    // Like the native route: a vote that is not a JSON object refuses the batch on its own, before
-    // any field of the others is checked.
-    if inputs.iter().any(Result::is_err) {
-        let not_objects: Vec<_> =
-            inputs.into_iter().enumerate().filter_map(|(i, input)| input.err().map(|e| (i, e))).collect();
-        return Err((ErrorReply::invalid_batch(total, &not_objects), not_objects.len()));
-    }
+    let inputs = reply::batch_objects(inputs)
+        .map_err(|not_objects| (ErrorReply::invalid_batch(total, &not_objects), not_objects.len()))?;
     let mut ballots = Vec::with_capacity(total);
     let mut invalid: Vec<(usize, InvalidVote)> = Vec::new();
-    for (index, input) in inputs.into_iter().flatten().enumerate() {
+    for (index, input) in inputs.into_iter().enumerate() {
         match Ballot::parse(&input) {
             Ok(ballot) => ballots.push(with_id(ballot)),
             Err(err) => invalid.push((index, err)),

@@ -133,17 +133,8 @@ impl FromRequest<HttpRoute> for JsonBatch {
             budget.rest_of_batch(votes.len()).map_err(|refusal| Rejection::Counted(Refusal::response(refusal)))?;
         }
         let total = votes.len();
-        let mut inputs = Vec::with_capacity(total);
-        let mut not_objects = Vec::new();
-        for (index, vote) in votes.into_iter().enumerate() {
-            match vote {
-                Ok(input) => inputs.push(input),
-                Err(err) => not_objects.push((index, err)),
-            }
-        }
-        if !not_objects.is_empty() {
-            return Err(Rejection::batch(route, BatchError::Invalid { total, invalid: not_objects }));
-        }
+        let inputs = bodies::batch_objects(votes)
+            .map_err(|invalid| Rejection::batch(route, BatchError::Invalid { total, invalid }))?;
         Ok(JsonBatch(inputs))
     }
 }
