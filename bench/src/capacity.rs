@@ -1,8 +1,9 @@
-//! The capacity search: step the offered rate up by a factor until a step fails.
+//! The capacity search: step the offered rate up by a factor until a step fails, then halve the
+//! gap between the last step that passed and the one that failed a few times.
 //!
 //! A step passes when it achieved at least [`ACHIEVED_SHARE`] of its offered rate and its p99 is
-//! within the bound. The capacity is the offered rate of the last step that passed. The search is
-//! written against a measurement function, so that the stepping can be tested without a server.
+//! within the bound. The capacity is the offered rate of the highest step that passed. The search
+//! is written against a measurement function, so that the stepping can be tested without a server.
 
 use std::{future::Future, time::Duration};
 
@@ -13,6 +14,10 @@ use crate::report::Step;
 /// Share of the offered rate a step must achieve to pass.
 pub const ACHIEVED_SHARE: f64 = 0.99;
 
+/// Steps that halve the gap after the first failed step, in the searches that give a capacity:
+/// two leave it within a fourth of a factor's gap instead of a whole one.
+pub const REFINE: usize = 2;
+
 /// How the search steps.
 #[derive(Debug, Clone, Copy)]
 pub struct Stepping {
@@ -22,10 +27,13 @@ pub struct Stepping {
     pub factor: f64,
     /// Highest rate offered; the step that reaches it is the last.
     pub max_rate: f64,
-    /// Most steps.
+    /// Most steps, the refining ones included.
     pub max_steps: usize,
     /// Highest p99 a passing step may have.
     pub p99_bound: Duration,
+    /// After the first failed step, this many steps at the geometric middle of the highest rate
+    /// that passed and the lowest that failed.
+    pub refine: usize,
 }
 
 /// Why the search stopped.
@@ -46,7 +54,7 @@ impl Stop {
     /// A few words for the report.
     pub fn describe(self) -> &'static str {
         match self {
-            Stop::Failed => "the last step that passed; the next one failed",
+            Stop::Failed => "the highest step that passed; a step above it failed",
             Stop::MaxRate => "at least: every step passed up to --max-rate",
             Stop::MaxSteps => "at least: every step passed within --max-steps",
             Stop::Budget => "at least: the request budget ran out before a step failed",
@@ -69,7 +77,8 @@ pub fn passes(step: &Step, p99_bound: Duration) -> bool {
 }
 
 /// Steps the rate up from `stepping.start_rate`, measuring each step with `measure(rate)`, which
-/// returns `None` when the budget cannot pay for a step at that rate.
+/// returns `None` when the budget cannot pay for a step at that rate; after the first failed step,
+/// refines between the highest rate that passed and the lowest that failed.
 pub async fn search<F, Fut, E>(stepping: &Stepping, mut measure: F) -> Result<Search, E>
 where
     F: FnMut(f64) -> Fut,
@@ -78,15 +87,33 @@ where
     let mut steps = Vec::new();
     let mut capacity = None;
     let mut rate = stepping.start_rate.min(stepping.max_rate);
+    let mut measure_step = async |rate: f64, steps: &mut Vec<Step>| -> Result<Option<bool>, E> {
+        let Some(mut step) = measure(rate).await? else { return Ok(None) };
+        let passed = passes(&step, stepping.p99_bound);
+        step.passed = Some(passed);
+        steps.push(step);
+        Ok(Some(passed))
+    };
     let stopped = loop {
         if steps.len() >= stepping.max_steps {
             break Stop::MaxSteps;
         }
-        let Some(mut step) = measure(rate).await? else { break Stop::Budget };
-        let passed = passes(&step, stepping.p99_bound);
-        step.passed = Some(passed);
-        steps.push(step);
+        let Some(passed) = measure_step(rate, &mut steps).await? else { break Stop::Budget };
         if !passed {
+            if let Some(passed_rate) = capacity {
+                let (mut low, mut high): (f64, f64) = (passed_rate, rate);
+                for _ in 0..stepping.refine {
+                    let middle = (low * high).sqrt().round();
+                    if middle <= low || middle >= high || steps.len() >= stepping.max_steps {
+                        break;
+                    }
+                    match measure_step(middle, &mut steps).await? {
+                        None => break,
+                        Some(true) => (low, capacity) = (middle, Some(middle)),
+                        Some(false) => high = middle,
+                    }
+                }
+            }
             break Stop::Failed;
         }
         capacity = Some(rate);
@@ -123,6 +150,7 @@ mod tests {
             max_rate: 1_000_000.0,
             max_steps: 20,
             p99_bound: Duration::from_millis(50),
+            refine: 0,
         }
     }
 
@@ -138,6 +166,24 @@ mod tests {
         assert_eq!(search.stopped, Stop::Failed);
         let verdicts: Vec<_> = search.steps.iter().map(|step| step.passed).collect();
         assert_eq!(verdicts, [Some(true), Some(true), Some(true), Some(true), Some(false)]);
+    }
+
+    #[tokio::test]
+    async fn halves_the_gap_after_the_first_failed_step() {
+        let refining = Stepping { refine: 3, ..stepping() };
+        let found = search(&refining, server(1000.0, f64::INFINITY)).await.unwrap();
+        // 1131 ≈ √(800·1600) fails, 951 ≈ √(800·1131) passes, 1037 ≈ √(951·1131) fails.
+        assert_eq!(offered(&found), [100.0, 200.0, 400.0, 800.0, 1600.0, 1131.0, 951.0, 1037.0]);
+        assert_eq!((found.capacity, found.stopped), (Some(951.0), Stop::Failed));
+        let verdicts: Vec<_> = found.steps[4..].iter().map(|step| step.passed).collect();
+        assert_eq!(verdicts, [Some(false), Some(false), Some(true), Some(false)]);
+
+        // Nothing to refine without a step that passed; the step count bounds the refining too.
+        let none = search(&refining, server(50.0, f64::INFINITY)).await.unwrap();
+        assert_eq!(offered(&none), [100.0]);
+        let short = Stepping { max_steps: 6, ..refining };
+        let cut = search(&short, server(1000.0, f64::INFINITY)).await.unwrap();
+        assert_eq!((offered(&cut).len(), cut.capacity), (6, Some(800.0)));
     }
 
     #[tokio::test]

@@ -234,6 +234,7 @@ impl Bench<'_> {
             max_rate: self.config.max_rate,
             max_steps: self.config.max_steps,
             p99_bound: self.config.p99_bound,
+            refine: capacity::REFINE,
         };
         let search =
             capacity::search(&stepping, |rate| self.measure(sender, rate, self.config.step, "capacity")).await?;

@@ -99,6 +99,8 @@ impl Suite<'_> {
                 max_rate: 1_000_000.0,
                 max_steps: 20,
                 p99_bound: self.plan.p99_bound,
+                // An estimate for the fine rounds: the first failed step is enough.
+                refine: 0,
             };
             let length = self.plan.step.min(Duration::from_secs(1));
             let mut search = self.search(variant, coarse, length, 0).await?;
@@ -125,6 +127,7 @@ impl Suite<'_> {
                     max_rate: 1_000_000.0,
                     max_steps: 20,
                     p99_bound: self.plan.p99_bound,
+                    refine: capacity::REFINE,
                 };
                 report.searches.push(self.search(variant, fine, self.plan.step, round).await?);
             }
