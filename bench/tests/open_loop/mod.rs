@@ -182,7 +182,8 @@ async fn every_route_sends_its_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_capacity_search_measures_real_steps_and_the_cap_makes_late_starts() {
     // With one request out at a time and 2 ms per answer, 2000/s cannot be served: the capped
-    // requests start late, still timed from their due times, and the search stops there.
+    // requests start late, still timed from their due times; two steps at the geometric middle of
+    // the highest rate that passed and the lowest that failed refine the capacity.
     let (url, _server) = http_server(None).await;
     let report = bench(&[
         "--target=http-vote",
@@ -200,8 +201,11 @@ async fn the_capacity_search_measures_real_steps_and_the_cap_makes_late_starts()
     println!("{}", report.markdown());
     let run = &report.runs[0];
     let offered: Vec<_> = run.steps.iter().map(|step| step.offered_per_s).collect();
-    assert_eq!(offered, [100.0, 2000.0]);
-    assert_eq!(run.capacity_per_s, Some(100.0));
+    assert_eq!(offered[..3], [100.0, 2000.0, 447.0], "√(100·2000) after the failed step");
+    assert_eq!(offered.len(), 2 + bandvote_bench::capacity::REFINE);
+    let highest_passed = run.steps.iter().filter(|step| step.passed == Some(true)).map(|step| step.offered_per_s);
+    assert_eq!(run.capacity_per_s, highest_passed.reduce(f64::max));
+    assert!(run.capacity_per_s.is_some_and(|rate| (100.0..2000.0).contains(&rate)), "{run:?}");
     let overloaded = &run.steps[1];
     assert_eq!(overloaded.passed, Some(false));
     assert!(overloaded.late_starts > 500, "{overloaded:?}");
