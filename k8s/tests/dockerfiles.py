@@ -148,11 +148,19 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 
 def cargo_tree(manifest_dir: Path, *args: str, env: dict | None = None) -> set[tuple[str, str]]:
-    """(name, version) of every package that `cargo tree` says the build compiles for the host."""
-    run = subprocess.run(
-        ["cargo", "tree", "--locked", "--offline", "-e", "normal,build", "--prefix", "none", "--target", HOST, *args],
-        cwd=manifest_dir, capture_output=True, text=True, timeout=120, env=env,
-    )
+    """(name, version) of every package that `cargo tree` says the build compiles for the host.
+
+    Resolved offline first; when the cargo home lacks a locked package (a tool binary taken from the
+    cache was never built with this cargo home), the lock file's packages are fetched once and the
+    tree resolved again."""
+    tree = ["cargo", "tree", "--locked", "--offline", "-e", "normal,build", "--prefix", "none", "--target", HOST, *args]
+    run = subprocess.run(tree, cwd=manifest_dir, capture_output=True, text=True, timeout=120, env=env)
+    if run.returncode != 0:
+        fetch = subprocess.run(["cargo", "fetch", "--locked", "--target", HOST],
+                               cwd=manifest_dir, capture_output=True, text=True, timeout=300, env=env)
+        if fetch.returncode != 0:
+            raise RuntimeError(f"cargo fetch in {manifest_dir} failed:\n{fetch.stderr[-2000:]}")
+        run = subprocess.run(tree, cwd=manifest_dir, capture_output=True, text=True, timeout=120, env=env)
     if run.returncode != 0:
         raise RuntimeError(f"cargo tree in {manifest_dir} failed:\n{run.stderr[-2000:]}")
     packages = set()
