@@ -35,7 +35,7 @@ use bandvote_domain::{
 };
 use serde_json::Value;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
     component::{Component, Linker, ResourceTable},
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -63,6 +63,11 @@ const MEMORY_BYTES: usize = 64 << 20;
 /// Fuel for one call (about one unit per WebAssembly instruction): a 1000-vote batch uses a few
 /// million; a guest that runs past this is stopped, and the request answered 503.
 const FUEL: u64 = 2_000_000_000;
+/// Memory of a slot reset in place when its instance ends, not returned to the kernel: with
+/// Linux's `PAGEMAP_SCAN` (6.7 and later) only the pages the call wrote are reset, so a single
+/// vote's instance costs no unmapping, no TLB shoot-down on the other cores and no page faults
+/// in the next instance. What lies above, or on an older kernel, is `madvise`d as before.
+const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
 /// The checker component, compiled and linked, ready to instantiate.
 #[derive(Clone)]
@@ -118,7 +123,10 @@ impl Checker {
             .total_core_instances(INSTANCES * 8)
             .total_memories(INSTANCES * 2)
             .total_tables(INSTANCES * 4)
-            .max_memory_size(MEMORY_BYTES);
+            .max_memory_size(MEMORY_BYTES)
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_BYTES)
+            .pagemap_scan(Enabled::Auto);
         let mut config = Config::new();
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool)).consume_fuel(true);
         let engine = Engine::new(&config)?;
