@@ -63,10 +63,11 @@ const MEMORY_BYTES: usize = 64 << 20;
 /// Fuel for one call (about one unit per WebAssembly instruction): a 1000-vote batch uses a few
 /// million; a guest that runs past this is stopped, and the request answered 503.
 const FUEL: u64 = 2_000_000_000;
-/// Memory of a slot reset in place when its instance ends, not returned to the kernel: with
-/// Linux's `PAGEMAP_SCAN` (6.7 and later) only the pages the call wrote are reset, so a single
-/// vote's instance costs no unmapping, no TLB shoot-down on the other cores and no page faults
-/// in the next instance. What lies above, or on an older kernel, is `madvise`d as before.
+/// Linear memory (and table space) of a slot reset in place when its instance ends, not returned
+/// to the kernel: with Linux's `PAGEMAP_SCAN` (6.7 and later) only the pages the call wrote are
+/// reset, without it the whole kept region is zeroed with `memset`; either way a single vote's
+/// instance costs no unmapping, no TLB shoot-down on the other cores and no page faults in the
+/// next instance. What lies above is `madvise`d as before.
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
 /// The checker component, compiled and linked, ready to instantiate.

@@ -5,7 +5,8 @@ Dockerfiles (docker-library's `rust` and `buildpack-deps`, Debian's required pac
 distroless's documented contents), and what a build needs is derived from its dependency trees:
 
 - `cargo_tree` lists the packages a build compiles for the host (`cargo tree -e normal,build`),
-  offline, against a lock file; `BUILD_NEEDS` says which Debian packages the build scripts of some
+  offline, against a lock file (fetching the locked packages once if the cargo home lacks one);
+  `BUILD_NEEDS` says which Debian packages the build scripts of some
   of them call (a C compiler, cmake, make, perl, protoc, a library's headers).
 - `rust_version_needed` is the highest `rust-version` among those packages, read from their
   manifests in cargo's registry cache: an image with an older Rust cannot build them.
